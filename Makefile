@@ -1,0 +1,27 @@
+# The two commands of the README. Each creates .venv on first use and installs everything.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PRESET ?= auto
+
+.PHONY: reproduce test lint venv
+
+reproduce: $(STAMP)
+	$(VENV)/bin/nbface reproduce --preset $(PRESET)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nbfacelib tests benchmarks
+	$(VENV)/bin/ruff format --check nbfacelib tests benchmarks
+
+venv: $(STAMP)
+
+# torch/torchvision are pinned to the wheels this machine's pip finds on local disk;
+# on any other machine the same pins come from PyPI.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)

@@ -1,0 +1,1 @@
+"""Sub-commands of ``nbface``; one module per command, each with ``register(subparsers)``."""

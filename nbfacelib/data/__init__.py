@@ -1,0 +1,1 @@
+"""Data: synthetic faces, image folders, RecordIO, verification pair sets, manifests."""
