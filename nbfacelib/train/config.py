@@ -1,0 +1,165 @@
+"""Typed training configuration.
+
+One dataclass holds every knob of :func:`nbfacelib.train.fit`; nothing in the engine is a
+constant hard-coded over it (arcface_torch fixes momentum 0.9 and s = 64 in code: here they are
+``momentum`` and ``loss_kwargs["s"]``). A preset from ``nbfacelib/presets.yaml`` (block
+``train:``) gives the defaults, keyword overrides (the ``nbface train`` flags) win. Unknown keys
+are rejected with an error that names them, so a typo never silently falls back to a default.
+The resolved config is written as ``OUT/config.json`` with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Units are given where there are any."""
+
+    # what is trained
+    backbone: str = "ir_tiny"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int = 512
+    input_size: int = 112  # pixels; images of another size are resized to input_size^2
+    loss: str = "arcface"  # margin head name in nbfacelib.losses
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"s": 64, "m2": 0.5}
+    sample_rate: float = 1.0  # Partial FC: fraction of class centres sampled per step
+
+    # data
+    data: str = "synthetic:ids=50,per_id=20,seed=0"
+    val: list[str] = field(default_factory=lambda: ["synthetic-heldout"])
+    val_pairs: int = 600  # pairs built for "synthetic-heldout" / "heldout" validation sets
+    val_ids: int = 100  # identities rendered for "synthetic-heldout" (after the training ones)
+    holdout_ids: int = 0  # last N identities of a folder/rec data set kept out for "heldout"
+    flip: bool = True  # random horizontal flip of training images (arcface_torch does it)
+    num_workers: int = 0  # DataLoader workers for folder/rec data (synthetic renders in-process)
+
+    # length: `steps` (optimizer steps) wins over `epochs` when both are given
+    steps: int | None = None
+    epochs: float | None = 20.0  # arcface_torch default
+    batch_size: int = 128  # images per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step; the loss is divided by it
+
+    # optimisation
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum; AdamW beta1
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0  # linear warm-up length, optimizer steps
+    schedule: str = "poly"  # poly | cosine, per optimizer step after warm-up
+    poly_power: float = 1.0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    clip_grad_norm: float | None = 5.0  # on the backbone only (as arcface_torch); None: off
+
+    # numerics / speed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    compile: bool = False  # torch.compile the backbone
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn benchmark
+
+    # bookkeeping
+    out: str = "runs/train"
+    resume: bool = False
+    eval_every: int = 0  # optimizer steps between evaluations; 0: only at the end
+    ckpt_every: int = 0  # optimizer steps between OUT/last.ckpt writes; 0: only at the end
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
+    progress: bool = True  # tqdm bar
+    max_bad_steps: int = 5  # consecutive non-finite steps before training stops
+    inject_nan_steps: list[int] = field(default_factory=list)  # test hook: loss := NaN there
+    preset: str | None = None  # the preset this config came from (recorded, not used)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.val, str):
+            self.val = [v for v in self.val.split(",") if v]
+        choices = {
+            "optimizer": ("sgd", "adamw"),
+            "schedule": ("poly", "cosine"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+        positive = ("batch_size", "grad_accum", "embedding_size", "input_size", "max_bad_steps")
+        for key in positive:
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"config {key}={getattr(self, key)!r}: must be >= 1")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"config sample_rate={self.sample_rate}: must be in (0, 1]")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("config: give steps or epochs")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"config steps={self.steps}: must be >= 1")
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, known, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"{source}: unknown training option(s) {', '.join(hints)}")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str | None = None, **overrides: Any) -> TrainConfig:
+        """Preset ``name`` from ``presets.yaml`` (block ``train:``), then ``overrides`` on top.
+
+        ``name`` None gives the dataclass defaults. Overrides that are None are ignored, so
+        unset CLI flags keep the preset's values.
+        """
+        values: dict[str, Any] = {}
+        if name is not None:
+            presets = load_train_presets()
+            if name == "auto":
+                import torch
+
+                name = "gpu" if torch.cuda.is_available() else "cpu"
+            if name not in presets:
+                raise ValueError(
+                    f"unknown train preset {name!r} in {PRESETS_FILE}; known: {', '.join(presets)}"
+                )
+            values.update(presets[name] or {})
+            values["preset"] = name
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in overrides and "steps" not in overrides:
+            values["steps"] = None  # an explicit --epochs replaces the preset's length in steps
+        values.update(overrides)
+        return cls.from_dict(values, source=f"preset {name!r}" if name else "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+
+    # --- output -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def load_train_presets() -> dict[str, dict[str, Any]]:
+    """The ``train:`` block of ``nbfacelib/presets.yaml``."""
+    import yaml
+
+    with open(PRESETS_FILE) as fh:
+        doc = yaml.safe_load(fh) or {}
+    return doc.get("train") or {}
