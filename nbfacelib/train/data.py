@@ -1,0 +1,181 @@
+"""Training batches and validation pair sets for the engine.
+
+The batch of optimizer step ``t`` is a pure function of ``(seed, t, rank)``:
+- synthetic faces: identities and sample indices are drawn from a generator seeded by
+  ``(seed, t, rank)`` and rendered by :meth:`SyntheticFaces.render_batch` on the training
+  device (no DataLoader, no storage);
+- image folders / RecordIO: each epoch is a permutation seeded by ``(seed, epoch)``; step ``t``
+  reads the next ``batch * world`` indices of it (this rank's slice), through a DataLoader
+  (``num_workers``) started at ``t`` -- small sets are simply held in memory.
+So a resumed run needs no iterator state beyond the step: it sees exactly the batches an
+uninterrupted run would have seen (the "iterator position" of the checkpoint is the step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nbfacelib.train.config import TrainConfig
+
+# Data sets up to this many images are decoded once and held as one uint8 tensor.
+IN_MEMORY_MAX = 20_000
+
+
+def _generator(*key: int) -> torch.Generator:
+    # SeedSequence mixes the parts so that (seed, step) pairs never collide
+    seed = int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+class TrainBatches:
+    """``batch(step) -> (uint8 images (B*grad_accum, 3, H, W) on device, int64 labels)``."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
+        from nbfacelib.data import open_dataset
+
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
+        self.per_step = cfg.batch_size * cfg.grad_accum
+        self.dataset = open_dataset(cfg.data)
+        self.synthetic = hasattr(self.dataset, "render_batch")
+        if self.synthetic:
+            self.num_classes = int(self.dataset.num_identities)
+            self.per_id = int(self.dataset.per_id)
+            self.num_images = self.num_classes * self.per_id
+            return
+        labels = np.asarray(self.dataset.labels, dtype=np.int64)
+        ids = np.unique(labels)
+        if cfg.holdout_ids >= len(ids):
+            raise ValueError(f"holdout_ids={cfg.holdout_ids} but {cfg.data} has only {len(ids)} identities")
+        self.train_ids = ids[: len(ids) - cfg.holdout_ids]
+        self.heldout_ids = ids[len(ids) - cfg.holdout_ids :]
+        self.indices = np.flatnonzero(np.isin(labels, self.train_ids))
+        # classes are renumbered 0..C-1 over the training identities
+        self.label_map = {int(i): c for c, i in enumerate(self.train_ids)}
+        self.labels = torch.as_tensor([self.label_map[int(labels[i])] for i in self.indices])
+        self.num_classes = len(self.train_ids)
+        self.num_images = len(self.indices)
+        if self.num_images < self.per_step * world:
+            raise ValueError(
+                f"{cfg.data}: {self.num_images} training images < one step's {self.per_step * world}"
+            )
+        self.images = None
+        if self.num_images <= IN_MEMORY_MAX:
+            self.images = torch.stack([self._read(i) for i in self.indices])
+        self._loader = None
+        self._next_step = None
+
+    def _read(self, i: int) -> torch.Tensor:
+        img, _ = self.dataset[int(i)]
+        return self.resize(img[None])[0]
+
+    # --- batches ----------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.synthetic:
+            g = _generator(self.cfg.seed, step, self.rank, 1)
+            identities = torch.randint(0, self.num_classes, (self.per_step,), generator=g)
+            samples = torch.randint(0, self.per_id, (self.per_step,), generator=g)
+            images = self.dataset.render_batch(identities, samples, device=self.device)
+            labels = identities
+        else:
+            positions = self._positions(step)
+            if self.images is not None:
+                images, labels = self.images[positions], self.labels[positions]
+            else:
+                images, labels = self._from_loader(step)
+            g = _generator(self.cfg.seed, step, self.rank, 2)
+        if self.cfg.flip:
+            flip = torch.rand(len(labels), generator=g) < 0.5
+            images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(3), images)
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _positions(self, step: int) -> torch.Tensor:
+        """Indices (into the training subset) of this rank's images at ``step``."""
+        n = self.num_images
+        per_epoch = n // (self.per_step * self.world)  # steps per epoch; the tail is dropped
+        epoch, k = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=_generator(self.cfg.seed, epoch, 3))
+        start = (k * self.world + self.rank) * self.per_step
+        return perm[start : start + self.per_step]
+
+    def _from_loader(self, step: int):
+        from torch.utils.data import DataLoader
+
+        if self._loader is None or self._next_step != step:
+            subset = self
+            sampler = _StepSampler(self, step)
+            self._loader = iter(
+                DataLoader(_Items(subset), batch_sampler=sampler, num_workers=self.cfg.num_workers)
+            )
+        self._next_step = step + 1
+        return next(self._loader)
+
+    # --- pixels -------------------------------------------------------------------------------
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> uint8 (N, 3, input_size, input_size) (bilinear, antialiased)."""
+        s = self.cfg.input_size
+        if images.shape[-2:] == (s, s):
+            return images
+        x = F.interpolate(images.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return x.round_().clamp_(0, 255).to(torch.uint8)
+
+    def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
+        from nbfacelib.data.transforms import normalize
+
+        return normalize(self.resize(images))
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, batches: TrainBatches):
+        self.b = batches
+
+    def __len__(self):
+        return self.b.num_images
+
+    def __getitem__(self, pos: int):
+        return self.b._read(self.b.indices[pos]), self.b.labels[pos]
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    def __init__(self, batches: TrainBatches, start: int):
+        self.b, self.start = batches, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield self.b._positions(step).tolist()
+            step += 1
+
+
+def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """name -> (uint8 images (2N, 3, S, S), issame (N,)) for every entry of ``cfg.val``:
+    a ``.bin`` path; ``synthetic-heldout`` (identities after the training ones, same renderer);
+    ``heldout`` (the ``holdout_ids`` identities kept out of a folder/rec training set)."""
+    from pathlib import Path
+
+    from nbfacelib.data.pairs import load_pairs, make_pair_set
+
+    out = {}
+    for spec in cfg.val:
+        if spec in ("synthetic-heldout", "heldout") and data.synthetic:
+            heldout = data.dataset.heldout(cfg.val_pairs)
+            pairs = make_pair_set(heldout, cfg.val_pairs, seed=cfg.seed)
+            name = "synthetic-heldout"
+        elif spec == "heldout":
+            if not cfg.holdout_ids:
+                raise ValueError("val 'heldout' needs holdout_ids > 0 (identities kept out of training)")
+            pairs = make_pair_set(
+                data.dataset, cfg.val_pairs, seed=cfg.seed, exclude_identities=data.train_ids
+            )
+            name = "heldout"
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"val pair set {spec!r}: no such file (or use synthetic-heldout / heldout)"
+                )
+            pairs = load_pairs(path)
+            name = path.stem
+        out[name] = (pairs.decode(size=cfg.input_size), np.asarray(pairs.issame))
+    return out

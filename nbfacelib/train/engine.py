@@ -1,0 +1,389 @@
+"""The training loop: backbone + margin head inside Partial FC, as insightface arcface_torch.
+
+One flat function, :func:`fit`, that reads top to bottom: set-up (devices, distributed, data,
+model, Partial FC, optimizer, schedule, scaler), optional resume, then the loop: for each
+optimizer step, ``grad_accum`` micro-batches (loss divided by ``grad_accum``), a skip of any
+step whose loss or gradient is not finite, clipping of the backbone gradient norm, the
+optimizer and schedule steps, metrics, evaluation and an atomic checkpoint.
+
+What differs from arcface_torch, and why:
+- every number comes from :class:`TrainConfig` (momentum, weight decay, clip norm, margin s/m);
+- distributed set-up happens inside ``fit`` (never at import) and a single process needs no
+  process group at all;
+- the batch of step ``t`` is a pure function of (seed, t, rank): a resumed run sees exactly the
+  batches the uninterrupted run would have seen, which makes resume bit-exact on the CPU;
+- bf16 autocast and channels-last are the CUDA defaults (fp16 + GradScaler is an option);
+- a non-finite loss skips the step instead of poisoning the weights, and stops the run after
+  ``max_bad_steps`` in a row; a checkpoint is never written from non-finite weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nbfacelib.train import checkpoint as ckpt_io
+from nbfacelib.train.config import TrainConfig
+from nbfacelib.train.data import TrainBatches, build_val_sets
+from nbfacelib.train.schedule import build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when ``max_bad_steps`` consecutive steps had a non-finite loss or gradient."""
+
+
+def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Train a backbone as ``config`` says; returns a summary dict (steps, final loss, eval
+    metrics, skipped steps, paths). Writes ``OUT/config.json``, ``OUT/metrics.jsonl``,
+    ``OUT/last.ckpt`` and, at the end, ``OUT/model.safetensors``."""
+    from nbfacelib.losses import build_margin
+    from nbfacelib.losses.partial_fc import PartialFC
+    from nbfacelib.models import build_backbone
+    from nbfacelib.train import distributed as dist
+
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    cfg = config.replace(**overrides) if overrides else config
+
+    # --- devices, processes, determinism ---------------------------------------------------
+    dist.init_distributed()
+    rank, world = dist.rank(), dist.world_size()
+    device = _resolve_device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    _seed_everything(cfg.seed + rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    # --- data ------------------------------------------------------------------------------
+    data = TrainBatches(cfg, device, rank=rank, world=world)
+    micro = cfg.batch_size
+    per_step = micro * cfg.grad_accum
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * data.num_images / (per_step * world)))
+    val_sets = build_val_sets(cfg, data) if rank == 0 else {}
+
+    # --- model, Partial FC, optimizer, schedule --------------------------------------------
+    backbone = build_backbone(
+        cfg.backbone, embedding_size=cfg.embedding_size, input_size=cfg.input_size, **cfg.backbone_kwargs
+    ).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = backbone.to(memory_format=memory_format)
+    margin = build_margin(cfg.loss, **cfg.loss_kwargs)
+    pfc = PartialFC(margin, cfg.embedding_size, data.num_classes, sample_rate=cfg.sample_rate).to(device)
+    model: nn.Module = backbone
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            backbone, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+    params = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+        )
+    scheduler = build_scheduler(
+        optimizer, total_steps, cfg.warmup_steps, cfg.schedule, cfg.poly_power, cfg.min_lr_ratio
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    # --- resume ----------------------------------------------------------------------------
+    step, skipped, bad_in_row = 0, 0, 0
+    last_path = out / "last.ckpt"
+    if cfg.resume and last_path.is_file():
+        state = ckpt_io.load(last_path, map_location=device)
+        backbone.load_state_dict(state["model"])
+        pfc.load_full_state_dict(state["classifier"])
+        optimizer.load_state_dict(_optimizer_state_for_rank(state["optimizer"], pfc))
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt_io.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+        step, skipped = int(state["step"]), int(state["skipped_steps"])
+        _log(rank, f"resumed from {last_path} at step {step}")
+    elif cfg.resume:
+        _log(rank, f"--resume: no {last_path} yet, starting from step 0")
+
+    def save_checkpoint() -> None:
+        bad = [
+            n
+            for n, t in [*backbone.state_dict().items(), *pfc.state_dict().items()]
+            if t.is_floating_point() and not torch.isfinite(t).all()
+        ]
+        if bad:  # never write a poisoned state over a good one
+            raise TrainingDiverged(f"non-finite values in {bad[:3]} at step {step}; {last_path} not updated")
+        state = {
+            "step": step,
+            "skipped_steps": skipped,
+            "model": backbone.state_dict(),
+            "classifier": pfc.full_state_dict(),  # gathered centres: resumable on any world size
+            "optimizer": _optimizer_state_full(optimizer, pfc),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _gather_objects(ckpt_io.rng_state()),  # one entry per rank
+            "world_size": world,
+            "config": json.dumps(cfg.to_dict()),
+        }
+        if rank == 0:
+            ckpt_io.atomic_save(state, last_path)
+            print(f"checkpoint: step {step} -> {last_path}", flush=True)
+
+    # --- loop ------------------------------------------------------------------------------
+    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    bar = _progress(cfg.progress and rank == 0, total_steps, step)
+    losses: list[float] = []
+    first_loss = last_loss = float("nan")
+    eval_results: dict[str, float] = {}
+    tic, images_since = time.perf_counter(), 0
+    model.train()
+    pfc.train()
+    try:
+        while step < total_steps:
+            images, labels = data.batch(step)
+            loss_value, finite = 0.0, True
+            chunks = list(zip(images.split(micro), labels.split(micro), strict=True))
+            for i, (x, y) in enumerate(chunks):
+                x = data.to_model_input(x).contiguous(memory_format=memory_format)
+                sync = i == len(chunks) - 1 or world == 1
+                with contextlib.nullcontext() if sync else model.no_sync(), autocast():
+                    embeddings = model(x)
+                loss = pfc(embeddings.float(), y) / cfg.grad_accum
+                if step in cfg.inject_nan_steps:
+                    loss = loss * float("nan")
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                scaler.scale(loss).backward()
+                loss_value += float(loss.detach())
+            if finite:
+                scaler.unscale_(optimizer)
+                if cfg.clip_grad_norm:
+                    norm = nn.utils.clip_grad_norm_(backbone.parameters(), cfg.clip_grad_norm)
+                    # fp16: an overflow is the GradScaler's business (it skips and lowers the
+                    # scale); otherwise a non-finite gradient is a bad step like a NaN loss
+                    finite = bool(torch.isfinite(norm)) or precision == "fp16"
+            if finite:
+                scaler.step(optimizer)
+                scaler.update()
+                bad_in_row = 0
+            else:
+                skipped += 1
+                bad_in_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            images_since += per_step * world
+
+            if finite:
+                last_loss = loss_value
+                first_loss = loss_value if math.isnan(first_loss) else first_loss
+                losses.append(loss_value)
+            if bad_in_row >= cfg.max_bad_steps:
+                raise TrainingDiverged(
+                    f"training stopped at step {step}: loss or gradient not finite for {bad_in_row} "
+                    f"steps in a row (max_bad_steps={cfg.max_bad_steps}); last good checkpoint: "
+                    f"{last_path if last_path.exists() else 'none'}. Try a lower lr, more warm-up "
+                    f"steps, or precision bf16/fp32 instead of fp16."
+                )
+            if bar is not None:
+                rate = images_since / max(time.perf_counter() - tic, 1e-9)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{last_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4g}", img_s=f"{rate:.0f}"
+                )
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - tic
+                record.update(
+                    loss=float(np.mean(losses)) if losses else None,
+                    lr=scheduler.get_last_lr()[0],
+                    images_per_s=images_since / max(elapsed, 1e-9),
+                    skipped_steps=skipped,
+                )
+                losses, tic, images_since = [], time.perf_counter(), 0
+            if val_sets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
+                eval_results = evaluate_backbone(backbone, val_sets, data, cfg)
+                record.update(eval_results)
+                model.train()
+            if record and metrics_file is not None:
+                record = {"step": step, "epoch": step * per_step * world / data.num_images, **record}
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+                save_checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    if rank == 0:
+        save_backbone(backbone, cfg, out)
+    if dist.is_distributed():
+        torch.distributed.barrier()
+    return {
+        "steps": step,
+        "first_loss": first_loss,
+        "final_loss": last_loss,
+        "skipped_steps": skipped,
+        "precision": precision,
+        "channels_last": channels_last,
+        "device": str(device),
+        "world_size": world,
+        "num_classes": data.num_classes,
+        "eval": eval_results,
+        "out": str(out),
+    }
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_backbone(backbone: nn.Module, val_sets: dict, data: TrainBatches, cfg: TrainConfig) -> dict:
+    """10-fold accuracy and TAR@FAR on each pair set (the foundation's metrics), flattened as
+    ``"<set>/accuracy"``, ``"<set>/tar@far=1e-03"``..."""
+    from nbfacelib.eval.embed import embed
+    from nbfacelib.eval.verification import evaluate
+
+    results: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG
+        for name, (images, issame) in val_sets.items():
+            emb = embed(backbone, data.resize(images), flip=True, progress=False, normalize=False)
+            metrics = evaluate(emb[0::2], emb[1::2], issame)
+            for key in ("accuracy", "accuracy_std", "auc", "eer"):
+                results[f"{name}/{key}"] = float(metrics[key])
+            for far, tar in metrics["tar_at_far"].items():
+                results[f"{name}/tar@far={float(far):.0e}"] = float(tar)
+    return results
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def save_backbone(backbone: nn.Module, cfg: TrainConfig, out: Path) -> Path:
+    """``OUT/model.safetensors`` (atomic) with ``OUT/config.json`` beside it."""
+    from safetensors.torch import save_file
+
+    path = out / "model.safetensors"
+    tmp = out / ".model.safetensors.tmp"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    save_file(tensors, str(tmp), metadata={"backbone": cfg.backbone, "format": "pt"})
+    os.replace(tmp, path)
+    cfg.save(out / "config.json")
+    return path
+
+
+def load_backbone(out_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the trained backbone from ``OUT/config.json`` + ``OUT/model.safetensors``
+    (eval mode)."""
+    from safetensors.torch import load_file
+
+    from nbfacelib.models import build_backbone
+
+    out_dir = Path(out_dir)
+    weights = out_dir / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (is {out_dir} the --out of a finished `nbface train`?)")
+    cfg = TrainConfig.load(out_dir / "config.json")
+    model = build_backbone(
+        cfg.backbone, embedding_size=cfg.embedding_size, input_size=cfg.input_size, **cfg.backbone_kwargs
+    )
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _optimizer_state_full(optimizer: torch.optim.Optimizer, pfc: nn.Module) -> dict:
+    """Optimizer state with the classifier's per-parameter buffers (momentum, Adam moments)
+    gathered to full size, like the centres, so a run can resume on another world size."""
+    state = optimizer.state_dict()
+    pfc_ids = set(state["param_groups"][1]["params"])
+    for pid, buffers in state["state"].items():
+        if pid in pfc_ids:
+            state["state"][pid] = {
+                k: pfc.gather_rows(v) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in buffers.items()
+            }
+    return state
+
+
+def _optimizer_state_for_rank(state: dict, pfc: nn.Module) -> dict:
+    """Inverse of :func:`_optimizer_state_full`: keep this rank's rows of the classifier buffers."""
+    pfc_ids = set(state["param_groups"][1]["params"])
+    for pid, buffers in state["state"].items():
+        if pid in pfc_ids:
+            state["state"][pid] = {
+                k: pfc.shard_rows(v) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in buffers.items()
+            }
+    return state
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    from nbfacelib.train import distributed as dist
+
+    if not dist.is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (third-party code may draw from the global state)
+    torch.manual_seed(seed)
+
+
+def _progress(enabled: bool, total: int, start: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(message, flush=True)
