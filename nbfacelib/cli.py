@@ -15,6 +15,7 @@ import sys
 # Order is the order of ``nbface --help``.
 COMMAND_MODULES: list[str] = [
     # each helper module adds itself here, e.g. "nbfacelib.commands.synth"
+    "nbfacelib.commands.pairs",
 ]
 
 
