@@ -23,7 +23,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,15 @@ class PairSetError(ValueError):
 # ----------------------------------------------------------------------------- safe reading
 
 
+class _Refused(pickle.UnpicklingError):
+    """Raised by the restricted unpickler for what it will not build."""
+
+
 def _latin1_encode(obj, encoding="latin1", errors="strict"):
     """Stand-in for ``_codecs.encode``: only the ``str -> bytes`` latin-1 round trip that
     ``pickle`` protocols 0-2 use for ``bytes`` written by Python 3."""
     if not isinstance(obj, str) or str(encoding).lower().replace("_", "-") not in {"latin1", "latin-1"}:
-        raise pickle.UnpicklingError(f"_codecs.encode({type(obj).__name__}, {encoding!r}) is not admitted")
+        raise _Refused(f"_codecs.encode({type(obj).__name__}, {encoding!r}) is not admitted")
     return obj.encode("latin-1", errors="strict")
 
 
@@ -61,10 +65,10 @@ class _PairSetUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
-        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+        raise _Refused(f"global {module}.{name} refused")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids refused")
+        raise _Refused("persistent ids refused")
 
 
 def _validate(obj, path) -> tuple[list[bytes], np.ndarray]:
@@ -102,9 +106,18 @@ def load_pairs(path: str | os.PathLike) -> PairSet:
     with open(path, "rb") as f:
         try:
             obj = _PairSetUnpickler(f, encoding="bytes").load()
-        except pickle.UnpicklingError as exc:
+        except _Refused as exc:
             raise PairSetError(f"{path}: a pickle that is not a plain pair set is refused ({exc})") from None
-        except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, MemoryError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            MemoryError,
+        ) as exc:
             raise PairSetError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
     images, issame = _validate(obj, path)
     return PairSet(images, issame, path=path)
@@ -129,16 +142,23 @@ def save_pairs(path: str | os.PathLike, images: Sequence[bytes], issame: Iterabl
     return path
 
 
-@dataclass
+@dataclass(eq=False)
 class PairSet:
     """``images[2i], images[2i+1]`` are pair ``i``; ``issame[i]`` says whether they match."""
 
     images: list[bytes]
     issame: np.ndarray
-    path: Path | None = field(default=None, compare=False)
+    path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.issame)
+
+    def __eq__(self, other) -> bool:  # same pairs, wherever they were read from
+        if not isinstance(other, PairSet):
+            return NotImplemented
+        return self.images == other.images and np.array_equal(self.issame, other.issame)
+
+    __hash__ = None
 
     @property
     def n_same(self) -> int:
@@ -257,8 +277,9 @@ def _draw(rng, groups, same: bool, need: int, seen: set) -> list[tuple[int, int]
     got: list[tuple[int, int]] = []
     if cap <= _ENUMERATE_LIMIT:
         cand = _same_candidates(groups) if same else _diff_candidates(groups)
-        if seen:
-            fresh = np.array([(int(a), int(b)) not in seen for a, b in cand], dtype=bool)
+        if seen:  # drop pairs already taken (vectorised: pair -> one int64 code)
+            old = np.array(sorted(seen), dtype=np.int64).reshape(-1, 2)
+            fresh = ~np.isin((cand[:, 0] << 32) | cand[:, 1], (old[:, 0] << 32) | old[:, 1])
             cand = cand[fresh]
         take = rng.permutation(len(cand))[:need]
         got = [(int(a), int(b)) for a, b in cand[take]]
