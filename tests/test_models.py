@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nbfacelib.models import BACKBONES, build_backbone, list_backbones, register_backbone
-from nbfacelib.models.complexity import count_flops, count_macs, count_parameters
+from nbfacelib.models.complexity import count_flops, count_macs, count_parameters, summarize
 from nbfacelib.models.iresnet import IBasicBlock, IResNet
 from nbfacelib.models.mobilefacenet import MobileFaceNet
 
@@ -165,6 +165,15 @@ def test_count_flops_by_hand():
     assert model.training  # restored after the eval-mode count
 
 
+def test_counts_on_meta_equal_counts_on_cpu():
+    real = build_backbone("ir_tiny")
+    assert count_parameters(real) == count_parameters(meta("ir_tiny"))
+    assert count_flops(real) == count_flops(meta("ir_tiny")) == 2 * _MACS["ir_tiny"]
+    summary = summarize(meta("ir_tiny", input_size=160))  # counted at the model's own input size
+    assert summary["gflops"] == pytest.approx(2 * summary["gmacs"])
+    assert summary["params_m"] - summary["trainable_params_m"] == pytest.approx(512e-6)
+
+
 # --------------------------------------------------------------------------- input sizes and variants
 
 
@@ -255,14 +264,16 @@ def test_channels_last_matches_contiguous(name):
 def test_contract_on_meta(name):
     """Every backbone, large ones included: attributes and output shapes (no arithmetic)."""
     model = meta(name).eval()
-    assert isinstance(model.embedding_size, int) and model.embedding_size == 512
+    assert isinstance(model.embedding_size, int) and hasattr(model, "num_features")
     x = torch.zeros(2, 3, *side(model), device="meta")
-    assert model(x).shape == (2, 512)
+    assert model(x).shape == (2, model.embedding_size)
     feats = model.forward_features(x)
     assert feats.shape[0] == 2
     if feats.ndim == 4:
         assert feats.shape[1] == model.num_features
-    assert meta(name, embedding_size=128)(x).shape == (2, 128)
+    # The keywords every family shares.
+    other = meta(name, embedding_size=96, input_size=model.input_size, dropout=0.1).eval()
+    assert other(x).shape == (2, 96) and other.embedding_size == 96
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -22,6 +22,9 @@ them, including families added later):
   training engine's autocast so one switch sets it for backbone, loss and Partial FC together
   (bf16 or fp16), the model runs unchanged on CPU / ONNX export, and nothing is cast twice.
 
+IResNet and MobileFaceNet keep arcface_torch's module names, so its released backbone weights
+load as they are: ``model.load_state_dict(torch.load("backbone.pth", weights_only=True))``.
+
 To add a family: write ``nbfacelib/models/<family>.py`` with ``@register_backbone`` factories
 and import it below. Parameter / FLOP counting: ``nbfacelib.models.complexity``.
 """

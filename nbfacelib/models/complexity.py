@@ -47,8 +47,11 @@ def _model_device(model: nn.Module) -> torch.device:
 def count_flops(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> int:
     """Forward FLOPs for one (1, 3, H, W) image, as FlopCounterMode counts them (2 per MAC).
 
-    ``input_size`` defaults to ``model.input_size`` (112 when the model has none). The model is
-    run in eval mode (BatchNorm1d refuses a batch of one in train mode) and put back as it was.
+    ``input_size`` defaults to ``model.input_size`` (112 when the model has none); backbones whose
+    head is sized by the input (IResNet's flatten, MobileFaceNet's GDC) only accept their own
+    size, so build the model at the size to count (``build_backbone("r50", input_size=160)``).
+    The model runs in eval mode (BatchNorm1d refuses a batch of one in train mode) and is put
+    back as it was.
     On a meta-device model nothing is computed, only shapes propagate.
     """
     if input_size is None:
