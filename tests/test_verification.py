@@ -254,3 +254,13 @@ def test_evaluate_pair_set_end_to_end():
 
     r = evaluate_pair_set(Mean(), PairSet(imgs, np.array(same)), size=16, progress=False, nfolds=2)
     assert r["auc"] == 1.0 and r["n_pairs"] == 20
+
+
+@pytest.mark.gpu
+def test_embed_on_cuda_with_amp_matches_cpu():
+    imgs = torch.randint(0, 256, (9, 3, 4, 5), dtype=torch.uint8)
+    m = Linear()
+    cpu = embed(m, imgs, progress=False)
+    gpu = embed(m.cuda(), imgs, progress=False, amp=True)
+    assert next(m.parameters()).is_cuda
+    np.testing.assert_allclose(gpu, cpu, atol=5e-3)
