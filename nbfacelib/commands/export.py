@@ -8,6 +8,7 @@ absolute difference is printed and the command fails above ``--tolerance``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -48,17 +49,20 @@ def export_onnx(out_dir, path, opset: int = 17, tolerance: float = 1e-4, batch_s
     example = torch.randn(2, 3, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # dynamo=False: the TorchScript exporter handles dynamic_axes without onnxscript
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=["embedding"],
-        dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    # dynamo=False: the TorchScript exporter needs no onnxscript (not in our environment) and
+    # handles dynamic_axes; its deprecation warning is expected, so keep it out of the output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["embedding"],
+            dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)
