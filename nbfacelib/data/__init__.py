@@ -1,1 +1,48 @@
-"""Data: synthetic faces, image folders, RecordIO, verification pair sets, manifests."""
+"""Data: synthetic faces, image folders, RecordIO, verification pair sets, manifests.
+
+Every reader yields ``(uint8 tensor (3, H, W) RGB, int label)``; ``open_dataset(uri)`` picks
+the reader from a URI (``folder:``, ``rec:``, ``synthetic:``, a manifest name or a path).
+The names below are re-exported lazily (PEP 562), so ``import nbfacelib.data`` and the
+manifest tools do not import torch or PIL until a reader is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "open_dataset": "datasets",
+    "convert_dataset": "datasets",
+    "describe": "datasets",
+    "FolderDataset": "folder",
+    "fit_square": "folder",
+    "write_image_folder": "folder",
+    "DatasetIntegrityError": "manifest",
+    "DatasetNotFoundError": "manifest",
+    "list_manifests": "manifest",
+    "load_manifest": "manifest",
+    "verify": "manifest",
+    "IRHeader": "recordio",
+    "RecDataset": "recordio",
+    "RecordIOError": "recordio",
+    "RecordIOReader": "recordio",
+    "RecordIOWriter": "recordio",
+    "pack": "recordio",
+    "unpack": "recordio",
+    "write_image_rec": "recordio",
+    "data_root": "root",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
