@@ -17,6 +17,7 @@ possible); :func:`make_pair_set` turns a data set into a pair set.
 
 from __future__ import annotations
 
+import heapq
 import io
 import os
 import pickle
@@ -221,12 +222,20 @@ def fold_sizes(n: int, nfolds: int) -> list[int]:
 
 
 def _same_candidates(groups: list[np.ndarray]) -> np.ndarray:
-    out = []
-    for g in groups:
-        if len(g) > 1:
-            a, b = np.triu_indices(len(g), 1)
-            out.append(np.stack([g[a], g[b]], 1))
-    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    """All within-group pairs, in group order; groups of equal size are done in one go (real
+    data sets have many identities of the same size, and a Python loop over them is slow)."""
+    sizes = np.array([len(g) for g in groups])
+    parts, order = [], []
+    for k in np.unique(sizes[sizes > 1]).tolist():
+        which = np.flatnonzero(sizes == k)
+        mat = np.stack([groups[j] for j in which])  # (m, k)
+        a, b = np.triu_indices(k, 1)
+        parts.append(np.stack([mat[:, a], mat[:, b]], -1).reshape(-1, 2))
+        order.append(np.repeat(which, len(a)))
+    if not parts:
+        return np.zeros((0, 2), np.int64)
+    cand, owner = np.concatenate(parts), np.concatenate(order)
+    return cand[np.argsort(owner, kind="stable")]
 
 
 def _diff_candidates(groups: list[np.ndarray]) -> np.ndarray:
@@ -352,12 +361,12 @@ def sample_pairs(labels, n_pairs: int, seed: int = 0, nfolds: int = 10):
     # Deal identities to folds: shuffled, then largest first to the fold with fewest samples.
     perm = rng.permutation(len(ids))
     perm = perm[np.argsort(-counts[perm], kind="stable")]
-    load = np.zeros(nfolds, np.int64)
+    heap = [(0, f) for f in range(nfolds)]  # (samples so far, fold): lowest fold wins ties
     fold_ids: list[list[int]] = [[] for _ in range(nfolds)]
-    for k in perm:
-        f = int(np.argmin(load))
-        fold_ids[f].append(int(k))
-        load[f] += counts[k]
+    for k, c in zip(perm.tolist(), counts[perm].tolist()):
+        load, f = heapq.heappop(heap)
+        fold_ids[f].append(k)
+        heapq.heappush(heap, (load + c, f))
 
     seen: set[tuple[int, int]] = set()
     same_pairs: list[list[tuple[int, int]]] = []

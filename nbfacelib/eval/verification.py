@@ -104,7 +104,7 @@ def _roc_metrics(scores, issame, far_targets) -> dict:
         eer = float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
     tar = {}
     for far in far_targets:
-        if n_neg * far >= 1:
+        if n_neg * far >= 1 - 1e-9:  # float tolerance: 1000 * 1e-3 is one impostor pair
             tar[float(far)] = float(tpr[fpr <= far].max())
     return {"auc": auc, "eer": eer, "tar_at_far": tar}
 
