@@ -415,3 +415,18 @@ def test_cli_pairs_errors(tmp_path, capsys, cli):
     assert cli.main(["pairs", "info", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "evil.bin" in err and "refused" in err and "Traceback" not in err
+
+
+def test_cli_pairs_make_on_orl_folder(tmp_path, capsys, cli, orl_root):
+    out = tmp_path / "orl.bin"
+    args = ["pairs", "make", f"folder:{orl_root}", "--pairs", "200", "--out", str(out), "--train-ids", "20"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 20 identities left, 2 per fold: no cross-fold borrowing
+        assert cli.main(args + ["--no-progress"]) == 0
+    assert "200 pairs (100 same, 100 different), 20 identities excluded" in capsys.readouterr().out
+    assert cli.main(["pairs", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pairs:      200" in text and "JPEG 112x112 RGB" in text
+    x = load_pairs(out).decode(size=112)
+    assert x.shape == (400, 3, 112, 112)
+    assert (x[:, 0].int() - x[:, 1].int()).abs().max() <= 2  # ORL is grey: channels agree (JPEG)
