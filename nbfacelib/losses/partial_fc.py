@@ -15,6 +15,11 @@ from nbfacelib.train.distributed import all_gather_rows, all_gather_sizes, all_r
 from .margin import MarginHead
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 (autocast) -> float32 for margins and softmax; float32 / float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class _ShardedCrossEntropy(torch.autograd.Function):
     """Mean softmax cross-entropy over rows whose classes (columns) are split across ranks.
 
@@ -24,8 +29,8 @@ class _ShardedCrossEntropy(torch.autograd.Function):
 
     A custom Function because the loss is replicated: built from differentiable collectives,
     autograd would treat each rank's copy as a separate term and sum W copies of the gradient
-    (and communicate again in backward); the closed form is exact, needs no collective and keeps
-    one (B, C_local) buffer, reused in place for the gradient.
+    (and communicate again in backward); the closed form is exact, needs no collective and saves
+    only the (B, C_local) softmax for backward.
     """
 
     @staticmethod
@@ -46,12 +51,10 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         prob, labels = ctx.saved_tensors
-        # In place: a second backward through this graph then fails loudly (version check)
-        # instead of returning a wrong gradient.
-        grad = prob.scatter_add_(
-            1, labels.clamp_min(0).unsqueeze(1), -(labels >= 0).to(prob.dtype).unsqueeze(1)
-        )
-        return grad.mul_(grad_loss / prob.shape[0]), None, None
+        # Out of place, so a retained graph can be differentiated again (gradcheck does).
+        grad = prob * (grad_loss / prob.shape[0])
+        onehot = (labels >= 0).to(prob.dtype).unsqueeze(1) * (grad_loss / prob.shape[0])
+        return grad.scatter_add_(1, labels.clamp_min(0).unsqueeze(1), -onehot), None, None
 
 
 class PartialFC(nn.Module):
@@ -72,7 +75,7 @@ class PartialFC(nn.Module):
        centres get a zero gradient (an optimiser with momentum or weight decay still moves
        them, as in arcface_torch);
     4. cosine logits ``normalize(x) normalize(w)^T`` clamped to [-1, 1] (raw ``x w^T`` for plain
-       :class:`~nbfacelib.losses.margin.Softmax`), computed in float32 after the matmul, then
+       :class:`~nbfacelib.losses.margin.Softmax`), computed at least in float32 after the matmul, then
        ``margin.apply_margin`` (norms passed when the head needs them);
     5. softmax cross-entropy with the row max, sum of exponentials and target logit all-reduced;
        loss = mean over the global batch, the same value on every rank; the head's regulariser
@@ -174,16 +177,16 @@ class PartialFC(nn.Module):
             weight = weight[index]
             self.sampled_classes = index + self.class_start
 
-        norms = emb.float().norm(dim=1) if self.margin.needs_norms else None
+        norms = _wide(emb).norm(dim=1) if self.margin.needs_norms else None
         if self.margin.normalize:
-            logits = F.linear(F.normalize(emb), F.normalize(weight)).float().clamp(-1.0, 1.0)
+            logits = _wide(F.linear(F.normalize(emb), F.normalize(weight))).clamp(-1.0, 1.0)
         else:
-            logits = F.linear(emb, weight).float()
+            logits = _wide(F.linear(emb, weight))
         all_reduce_fn = self._all_reduce_sum if self.world_size > 1 else None
         logits = self.margin.apply_margin(logits, local, norms, all_reduce_fn)
         loss = _ShardedCrossEntropy.apply(logits, local, self.group)
 
-        reg = self.margin.regularizer(embeddings.float().norm(dim=1))
+        reg = self.margin.regularizer(_wide(embeddings).norm(dim=1))
         if reg is not None:
             # A per-sample term: differentiate only through this rank's own rows (going through
             # the gathered rows would be summed over ranks in backward, W times too much); the
