@@ -430,3 +430,36 @@ def test_cli_pairs_make_on_orl_folder(tmp_path, capsys, cli, orl_root):
     x = load_pairs(out).decode(size=112)
     assert x.shape == (400, 3, 112, 112)
     assert (x[:, 0].int() - x[:, 1].int()).abs().max() <= 2  # ORL is grey: channels agree (JPEG)
+
+
+class BatchedTinyFaces(TinyFaces):
+    """Adds torch's batched-fetch protocol; records the batch sizes asked for."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = []
+
+    def __getitems__(self, indices):
+        self.calls.append(list(indices))
+        return [TinyFaces.__getitem__(self, i) for i in indices]
+
+    def __getitem__(self, i):
+        raise AssertionError("single-item access used although __getitems__ exists")
+
+
+def test_make_pair_set_uses_batched_fetch_and_checks_labels():
+    plain = make_pair_set(TinyFaces(n_ids=60, per_id=6), 300, seed=2, nfolds=5)
+    ds = BatchedTinyFaces(n_ids=60, per_id=6)
+    batched = make_pair_set(ds, 300, seed=2, nfolds=5)
+    assert batched == plain
+    fetched = [j for call in ds.calls for j in call]
+    assert [len(c) for c in ds.calls][0] == 256 and len(fetched) == len(set(fetched))  # each image once
+    assert len(fetched) >= len(set(plain.images))
+
+    class Liar(TinyFaces):
+        def __getitem__(self, i):
+            img, lab = super().__getitem__(i)
+            return img, lab + 1
+
+    with pytest.raises(ValueError, match=r"has label \d+ but dataset.labels"):
+        make_pair_set(Liar(), 20, nfolds=2)

@@ -439,14 +439,18 @@ def make_pair_set(
             raise ValueError("every identity of the data set is excluded")
     i1, i2, same = sample_pairs(labels[keep], n_pairs, seed=seed, nfolds=nfolds)
     i1, i2 = keep[i1], keep[i2]
-    cache: dict[int, bytes] = {}
-    images: list[bytes] = []
     flat = np.stack([i1, i2], 1).reshape(-1)
-    for j in tqdm(flat.tolist(), desc="encode", disable=not progress, unit="img"):
-        if j not in cache:
-            img, lab = dataset[j]
-            if int(lab) != int(labels[j]):
-                raise ValueError(f"dataset[{j}] has label {lab} but dataset.labels[{j}] = {labels[j]}")
-            cache[j] = encode_image(img, quality)
-        images.append(cache[j])
-    return PairSet(images, same)
+    uniq = np.unique(flat).tolist()
+    # Batched fetch where the data set offers torch's ``__getitems__`` (renderers batch there).
+    getitems = getattr(dataset, "__getitems__", None)
+    cache: dict[int, bytes] = {}
+    with tqdm(total=len(uniq), desc="encode", disable=not progress, unit="img") as bar:
+        for s in range(0, len(uniq), 256):
+            chunk = uniq[s : s + 256]
+            items = getitems(chunk) if getitems is not None else [dataset[j] for j in chunk]
+            for j, (img, lab) in zip(chunk, items):
+                if int(lab) != int(labels[j]):
+                    raise ValueError(f"dataset[{j}] has label {lab} but dataset.labels[{j}] = {labels[j]}")
+                cache[j] = encode_image(img, quality)
+            bar.update(len(chunk))
+    return PairSet([cache[j] for j in flat.tolist()], same)
