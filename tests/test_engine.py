@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -110,3 +109,178 @@ def test_rng_state_roundtrip_weights_only(tmp_path):
     ckpt_io.set_rng_state(ckpt_io.load(tmp_path / "r.ckpt")["rng"])  # weights_only=True load
     b = (random.random(), np.random.rand(), torch.rand(2))  # noqa: NPY002
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+# --------------------------------------------------------------------------- training runs
+# Tiny runs: ir_tiny at 32x32 pixels, a handful of steps, deterministic CPU, no evaluation
+# unless the test is about it. Each takes a second or two.
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-identical comparisons with a subprocess need the same intra-op thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        out=str(out),
+        steps=6,
+        batch_size=8,
+        input_size=32,
+        embedding_size=32,
+        data="synthetic:ids=16,per_id=4,seed=0",
+        val=[],
+        warmup_steps=1,
+        ckpt_every=0,
+        log_every=1,
+        deterministic=True,
+        progress=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig.from_preset("smoke", **base)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, one_thread):
+    from nbfacelib.train import fit
+
+    steps, every = 12, 3
+    fit(tiny(tmp_path / "straight", steps=steps, ckpt_every=every))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "nbfacelib", "train", "--preset", "smoke", "--out", str(killed)]
+    cfg = tiny(killed, steps=steps, ckpt_every=every)
+    keys = (
+        "steps",
+        "batch_size",
+        "input_size",
+        "embedding_size",
+        "data",
+        "warmup_steps",
+        "ckpt_every",
+        "log_every",
+    )
+    for key in keys:
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
+    cmd += ["--val", "", "--deterministic", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO
+    )
+    try:
+        for line in proc.stdout:  # wait (without sleeping) for the first checkpoint
+            if line.startswith("checkpoint: step"):
+                break
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up, mid-run
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()
+    stopped_at = ckpt_io.load(killed / "last.ckpt")["step"]
+    assert every <= stopped_at < steps
+
+    result = fit(cfg.replace(resume=True))
+    assert (result["start_step"], result["steps"]) == (stopped_at, steps)  # it continued, no restart
+    assert [r["step"] for r in metrics(killed)] == list(range(1, steps + 1))  # no duplicated lines
+    a, b = weights(tmp_path / "straight"), weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
+        killed / "model.safetensors"
+    ).read_bytes()
+
+
+def test_nan_step_is_skipped_without_any_update(tmp_path):
+    from nbfacelib.train import fit
+
+    # constant lr (poly power 0) so that a 3-step run and a 4-step run share steps 0..2
+    common = dict(warmup_steps=0, poly_power=0.0)
+    fit(tiny(tmp_path / "three", steps=3, **common))
+    result = fit(tiny(tmp_path / "four", steps=4, inject_nan_steps=[3], **common))
+    assert result["skipped_steps"] == 1
+    assert metrics(tmp_path / "four")[-1]["skipped_steps"] == 1
+    a, b = weights(tmp_path / "three"), weights(tmp_path / "four")
+    for k in a:  # parameters and BN running statistics untouched by the skipped step
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_steps_in_a_row_stop_training_and_never_checkpoint(tmp_path):
+    from nbfacelib.train import TrainingDiverged, fit
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"not finite for 3 steps in a row"):
+        fit(tiny(out, steps=20, ckpt_every=2, max_bad_steps=3, inject_nan_steps=[4, 5, 6, 7]))
+    state = ckpt_io.load(out / "last.ckpt")
+    assert state["step"] == 6  # written after steps 2, 4, 6; the run stopped inside step 7
+    assert state["skipped_steps"] == 2
+    for name, t in state["model"].items():
+        assert not t.is_floating_point() or torch.isfinite(t).all(), name
+    assert not (out / "model.safetensors").exists()
+
+
+class _NoBN(torch.nn.Module):
+    """A BatchNorm-free backbone: accumulation must then equal one big batch exactly."""
+
+    def __init__(self, embedding_size=32, input_size=32, dropout=0.0):
+        super().__init__()
+        self.embedding_size, self.input_size, self.num_features = embedding_size, input_size, 16
+        self.conv = torch.nn.Conv2d(3, 16, 3, stride=4)
+        self.fc = torch.nn.Linear(16 * ((input_size - 3) // 4 + 1) ** 2, embedding_size)
+
+    def forward_features(self, x):
+        return torch.relu(self.conv(x))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).flatten(1))
+
+
+def test_grad_accumulation_equals_one_full_batch(tmp_path):
+    from nbfacelib.models import BACKBONES
+    from nbfacelib.train import fit
+
+    if "_test_nobn" not in BACKBONES:
+        BACKBONES.register(_NoBN, name="_test_nobn")
+    common = dict(backbone="_test_nobn", steps=2, deterministic=True)
+    fit(tiny(tmp_path / "full", batch_size=8, grad_accum=1, **common))
+    fit(tiny(tmp_path / "accum", batch_size=4, grad_accum=2, **common))
+    fit(tiny(tmp_path / "half", batch_size=4, grad_accum=1, **common))
+    full, accum, half = weights(tmp_path / "full"), weights(tmp_path / "accum"), weights(tmp_path / "half")
+    for k in full:
+        torch.testing.assert_close(accum[k], full[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(half[k], full[k], atol=1e-4) for k in full)  # the test can fail
+
+
+def test_smoke_end_to_end_cli(tmp_path):
+    from nbfacelib.cli import main
+    from nbfacelib.train import load_backbone
+
+    out = tmp_path / "smoke"
+    argv = ["train", "--preset", "smoke", "--out", str(out), "--input-size", "48", "--val-pairs", "100"]
+    argv += ["--val-ids", "20", "--no-progress", "--log-every", "10"]
+    assert main(argv) == 0
+    for name in ("config.json", "metrics.jsonl", "last.ckpt", "model.safetensors"):
+        assert (out / name).is_file(), name
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[-1]["loss"] < 0.85 * rows[0]["loss"]  # it learns (ArcFace s=64 starts near 49)
+    assert 0.0 <= rows[-1]["synthetic-heldout/accuracy"] <= 1.0
+    assert {"lr", "images_per_s", "epoch", "skipped_steps"} <= rows[0].keys()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "smoke" and cfg["steps"] == 30 and cfg["input_size"] == 48
+    model = load_backbone(out)
+    assert model(torch.zeros(2, 3, 48, 48)).shape == (2, cfg["embedding_size"])

@@ -37,11 +37,13 @@ class TrainBatches:
 
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.per_step = cfg.batch_size * cfg.grad_accum
-        self.dataset = open_dataset(cfg.data)
+        # the readers resize to 112 / 160 themselves (synthetic renders only those); any other
+        # input size is read natively (folders) or at 112 (synthetic) and resized here
+        self.dataset = open_dataset(cfg.data, size=cfg.input_size if cfg.input_size in (112, 160) else None)
         self.synthetic = hasattr(self.dataset, "render_batch")
         if self.synthetic:
             self.num_classes = int(self.dataset.num_identities)
-            self.per_id = int(self.dataset.per_id)
+            self.per_id = int(self.dataset.per_identity)
             self.num_images = self.num_classes * self.per_id
             return
         labels = np.asarray(self.dataset.labels, dtype=np.int64)
@@ -76,7 +78,7 @@ class TrainBatches:
             g = _generator(self.cfg.seed, step, self.rank, 1)
             identities = torch.randint(0, self.num_classes, (self.per_step,), generator=g)
             samples = torch.randint(0, self.per_id, (self.per_step,), generator=g)
-            images = self.dataset.render_batch(identities, samples, device=self.device)
+            images, _ = self.dataset.render_batch(identities, samples, device=self.device)
             labels = identities
         else:
             positions = self._positions(step)
@@ -159,7 +161,17 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
     out = {}
     for spec in cfg.val:
         if spec in ("synthetic-heldout", "heldout") and data.synthetic:
-            heldout = data.dataset.heldout(cfg.val_pairs)
+            from nbfacelib.data.synthetic import SyntheticFaces
+
+            ds = data.dataset
+            heldout = SyntheticFaces(
+                cfg.val_ids,
+                ds.per_identity,
+                seed=ds.seed,
+                size=ds.size,
+                difficulty=ds.difficulty,
+                identity_offset=ds.identity_offset + ds.num_identities,
+            )
             pairs = make_pair_set(heldout, cfg.val_pairs, seed=cfg.seed)
             name = "synthetic-heldout"
         elif spec == "heldout":

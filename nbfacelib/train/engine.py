@@ -88,7 +88,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=memory_format)
     margin = build_margin(cfg.loss, **cfg.loss_kwargs)
-    pfc = PartialFC(margin, cfg.embedding_size, data.num_classes, sample_rate=cfg.sample_rate).to(device)
+    pfc = PartialFC(
+        margin, cfg.embedding_size, data.num_classes, sample_rate=cfg.sample_rate, backbone_ddp=world > 1
+    ).to(device)
     model: nn.Module = backbone
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -126,6 +128,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         scaler.load_state_dict(state["scaler"])
         ckpt_io.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         step, skipped = int(state["step"]), int(state["skipped_steps"])
+        if rank == 0:
+            _truncate_metrics(out / "metrics.jsonl", step)
         _log(rank, f"resumed from {last_path} at step {step}")
     elif cfg.resume:
         _log(rank, f"--resume: no {last_path} yet, starting from step 0")
@@ -154,6 +158,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             ckpt_io.atomic_save(state, last_path)
             print(f"checkpoint: step {step} -> {last_path}", flush=True)
 
+    start_step = step
     # --- loop ------------------------------------------------------------------------------
     metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
     bar = _progress(cfg.progress and rank == 0, total_steps, step)
@@ -167,6 +172,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         while step < total_steps:
             images, labels = data.batch(step)
             loss_value, finite = 0.0, True
+            # BN running statistics move in the forward pass; keep a copy so a skipped step
+            # leaves no trace of a bad batch in them either
+            buffers = [b.detach().clone() for b in backbone.buffers()]
             chunks = list(zip(images.split(micro), labels.split(micro), strict=True))
             for i, (x, y) in enumerate(chunks):
                 x = data.to_model_input(x).contiguous(memory_format=memory_format)
@@ -195,6 +203,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             else:
                 skipped += 1
                 bad_in_row += 1
+                with torch.no_grad():
+                    for b, saved in zip(backbone.buffers(), buffers, strict=True):
+                        b.copy_(saved)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -249,6 +260,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         torch.distributed.barrier()
     return {
         "steps": step,
+        "start_step": start_step,
         "first_loss": first_loss,
         "final_loss": last_loss,
         "skipped_steps": skipped,
@@ -293,7 +305,9 @@ def save_backbone(backbone: nn.Module, cfg: TrainConfig, out: Path) -> Path:
     path = out / "model.safetensors"
     tmp = out / ".model.safetensors.tmp"
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={"backbone": cfg.backbone, "format": "pt"})
+    # one metadata key only: safetensors writes metadata from a hash map, so several keys come
+    # out in a random order and two identical models would not be byte-identical files
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
     cfg.save(out / "config.json")
     return path
@@ -329,7 +343,10 @@ def _optimizer_state_full(optimizer: torch.optim.Optimizer, pfc: nn.Module) -> d
     for pid, buffers in state["state"].items():
         if pid in pfc_ids:
             state["state"][pid] = {
-                k: pfc.gather_rows(v) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in buffers.items()
+                k: pfc.gather_full(v)
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == pfc.num_local
+                else v
+                for k, v in buffers.items()
             }
     return state
 
@@ -340,9 +357,20 @@ def _optimizer_state_for_rank(state: dict, pfc: nn.Module) -> dict:
     for pid, buffers in state["state"].items():
         if pid in pfc_ids:
             state["state"][pid] = {
-                k: pfc.shard_rows(v) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in buffers.items()
+                k: pfc.take_shard(v)
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == pfc.num_classes
+                else v
+                for k, v in buffers.items()
             }
     return state
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines written after ``step`` by a run that died after its last checkpoint:
+    the resumed run writes them again."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _gather_objects(obj: Any) -> list[Any]:
