@@ -16,6 +16,8 @@ import sys
 COMMAND_MODULES: list[str] = [
     # each helper module adds itself here, e.g. "nbfacelib.commands.synth"
     "nbfacelib.commands.pairs",
+    "nbfacelib.commands.train",
+    "nbfacelib.commands.export",
 ]
 
 
