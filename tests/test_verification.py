@@ -133,6 +133,26 @@ def test_fast_equals_grid_random_float32(seed):
     assert fast["accuracy"] == float(ref_acc) and fast["fold_thresholds"] == [float(t) for t in ref_best]
 
 
+def test_normalising_halves_equals_normalising_interleaved():
+    # arcface_torch normalises the interleaved (2N, D) array and then splits it; evaluate()
+    # normalises emb1 and emb2 separately. Row-wise, so bit-identical: checked here.
+    rng = np.random.default_rng(4)
+    emb = (rng.standard_normal((2000, 512)) * rng.random((2000, 1)) * 30).astype(np.float32)
+    whole = normalize(emb)
+    np.testing.assert_array_equal(whole[0::2], normalize(emb[0::2]))
+    np.testing.assert_array_equal(whole[1::2], normalize(emb[1::2]))
+
+
+def test_one_fold_trains_and_tests_on_everything():
+    # arcface_torch's LFold(1): train = test = all pairs.
+    dists = [0.105, 0.305, 0.205, 0.505]  # genuine .105 .305, impostor .205 .505
+    issame = np.array([1, 1, 0, 0], bool)
+    e1, e2 = pairs_at(dists)
+    r = evaluate(e1, e2, issame, nfolds=1)
+    # t in .11..20: 3/4; .21..30: 2/4; .31..50: 3/4; first best 0.11, accuracy 0.75.
+    assert r["fold_thresholds"] == pytest.approx([0.11]) and r["accuracy"] == 0.75
+
+
 def test_roc_metrics_hand_computed():
     # Genuine d: 0.1, 0.5; impostor d: 0.3, 0.9, 1.1, 1.3 (similarity = -d).
     # Ranking by similarity: G(0.1) I(0.3) G(0.5) I I I → AUC = (4 + 3) / 8 = 0.875.
@@ -233,7 +253,7 @@ def test_embed_accepts_dataset_of_pairs_and_loader():
     np.testing.assert_array_equal(a, c)
 
 
-def test_evaluate_pair_set_end_to_end():
+def test_evaluate_pair_set_end_to_end(tmp_path):
     from nbfacelib.data.pairs import PairSet, encode_image
 
     # Identity k = flat colour k; a colour-mean "model" separates identities perfectly.
@@ -252,8 +272,17 @@ def test_evaluate_pair_set_end_to_end():
         def forward(self, x):
             return torch.cat([x.mean((2, 3)), torch.ones(len(x), 1)], 1)
 
-    r = evaluate_pair_set(Mean(), PairSet(imgs, np.array(same)), size=16, progress=False, nfolds=2)
-    assert r["auc"] == 1.0 and r["n_pairs"] == 20
+    ps = PairSet(imgs, np.array(same))
+    r = evaluate_pair_set(Mean(), ps, size=16, progress=False, nfolds=2)
+    assert r["auc"] == 1.0 and r["n_pairs"] == 20 and r["n_same"] == 10
+    # The same through a file path and the explicit decode -> embed -> evaluate route.
+    from nbfacelib.data.pairs import save_pairs
+
+    path = save_pairs(tmp_path / "colours.bin", ps.images, ps.issame)
+    r2 = evaluate_pair_set(Mean(), path, size=16, progress=False, nfolds=2, batch_size=7)
+    emb = embed(Mean(), ps.decode(size=16), normalize=False, progress=False)
+    r3 = evaluate(emb[0::2], emb[1::2], ps.issame, nfolds=2)
+    assert r2 == r == r3
 
 
 @pytest.mark.gpu
