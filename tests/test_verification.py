@@ -206,6 +206,10 @@ def test_bad_inputs():
         evaluate(e, e, np.ones(20, bool), method="slow")
     with pytest.raises(ValueError, match="NaN"):
         evaluate_scores(np.full(20, np.nan), np.ones(20, bool))
+    e2 = e.copy()
+    e2[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"emb2 has NaN/inf in 2 rows \(first: \[3, 7\]\)"):
+        evaluate(e, e2, np.ones(20, bool))
 
 
 # --------------------------------------------------------------- embedding helper

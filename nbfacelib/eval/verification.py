@@ -145,6 +145,10 @@ def evaluate(
         raise ValueError(f"{len(issame)} pairs cannot be split in {nfolds} folds")
     if not np.issubdtype(emb1.dtype, np.floating):
         emb1, emb2 = emb1.astype(np.float32), emb2.astype(np.float32)
+    for name, e in (("emb1", emb1), ("emb2", emb2)):
+        bad = np.flatnonzero(~np.isfinite(e).all(1))
+        if len(bad):  # e.g. an fp16 overflow upstream; the ROC cannot rank NaN
+            raise ValueError(f"{name} has NaN/inf in {len(bad)} rows (first: {bad[:5].tolist()})")
     diff = np.subtract(normalize(emb1), normalize(emb2))
     dist = np.sum(np.square(diff), 1)
     accs, best = _kfold(dist, issame, THRESHOLDS, nfolds, method)
