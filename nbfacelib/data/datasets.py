@@ -142,7 +142,7 @@ def open_manifest(name: str, size: int | None = 112, **kw):
             if m.format == "pairs-bin"
             else "use the IJB evaluation"
         )
-        + f" (path: {m.locate()})"
+        + f" (path: {m.find() or 'not present; see nbface data verify ' + name})"
     )
 
 

@@ -135,7 +135,7 @@ def as_hwc_uint8(image: Any) -> np.ndarray:
 def to_chw_tensor(arr: np.ndarray):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # a writable, contiguous copy
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -316,7 +316,8 @@ def scan_records(rec_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         while pos < size:
             head, end = _read_parts(read, pos, lay, rec_path, size, limit=IR_SIZE)
             offsets.append(pos)
-            ids.append(struct.unpack_from("<Q", head, 8)[0] if len(head) >= 16 else -1)
+            rid = struct.unpack_from("<Q", head, 8)[0] if len(head) >= IR_SIZE else -1
+            ids.append(rid if rid < 2**63 else -1)  # not an IRHeader id: fall back to numbering
             pos = end
     keys = np.asarray(ids, dtype=np.int64)
     if len(np.unique(keys)) != len(keys) or (keys < 0).any():
