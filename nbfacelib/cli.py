@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "nbfacelib.commands.pairs",
     "nbfacelib.commands.train",
     "nbfacelib.commands.export",
+    "nbfacelib.commands.data",
 ]
 
 
