@@ -191,6 +191,20 @@ def test_synthetic_uri_calls_synthetic_faces(monkeypatch):
         parse_synthetic("ids")
 
 
+def test_real_synthetic_through_uri_and_convert(tmp_path):
+    pytest.importorskip("nbfacelib.data.synthetic")
+    from nbfacelib.data import convert_dataset
+
+    ds = open_dataset("synthetic:ids=3,per_id=2,seed=5")
+    x, y = ds[3]
+    assert len(ds) == 6 and x.shape == (3, 112, 112) and x.dtype.is_floating_point is False and y == 1
+    convert_dataset("synthetic:ids=3,per_id=2,seed=5", tmp_path / "s.rec")
+    rec = RecDataset(tmp_path / "s.rec")
+    assert rec.labels.tolist() == [0, 0, 1, 1, 2, 2] and rec.num_classes == 3
+    diff = (rec[3][0].int() - x.int()).abs().float().mean()
+    assert diff < 3  # JPEG q95 of the same rendered face
+
+
 # ---------------------------------------------------------------------------- CLI
 def test_cli_data_commands(orl_root, tmp_path, monkeypatch, capsys):
     from nbfacelib.cli import main

@@ -354,8 +354,9 @@ def test_folder_rec_folder_round_trip(tmp_path):
 
 
 def test_write_image_rec_refuses_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="label -1"):
-        write_image_rec(tmp_path / "a", [(smooth_image(0, 4, 4), -1)])
+    with pytest.raises(ValueError, match="item 1: label -1"):
+        write_image_rec(tmp_path / "a", [(smooth_image(0, 4, 4), 0), (smooth_image(0, 4, 4), -1)])
+    assert list((tmp_path / "a").iterdir()) == []  # no half-written file left behind
     with pytest.raises(TypeError, match="uint8"):
         write_image_rec(tmp_path / "b", [(np.zeros((4, 4, 3), np.float32), 0)])
     write_image_rec(tmp_path / "c", [(smooth_image(0, 4, 4), 0)])

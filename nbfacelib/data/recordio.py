@@ -35,7 +35,6 @@ import mmap
 import numbers
 import os
 import struct
-import tempfile
 import warnings
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
@@ -519,8 +518,8 @@ def write_image_rec(
     ``items``: ``(uint8 HxWx3 RGB numpy, int label)`` (torch (3,H,W) and encoded bytes
     accepted; JPEG bytes are stored verbatim, anything else is JPEG-encoded at
     ``quality``). Record 0 = header ``(id_start, id_end)``, id2 = 1; images are keys
-    1..N in the order given, which must keep each label's images together, or the items
-    are regrouped by label through a temporary file; then one identity record per label
+    1..N in the order given when each label's images come together (else they are
+    regrouped by label, stably, through a temporary file); then one identity record per label
     0..max(label) carrying its ``(first, end)`` image keys ((0, 0) for an unused label).
     """
     out = Path(out_dir)
@@ -529,47 +528,65 @@ def write_image_rec(
     if rec_path.exists() and not overwrite:
         raise FileExistsError(f"{rec_path} exists; pass overwrite=True to replace it")
     lay = _layout(layout)
+    placeholder = _header_payload(0, 0)  # the counts are known only at the end: rewritten
 
     labels: list[int] = []
-    with tempfile.TemporaryDirectory(dir=out, prefix=".rec-tmp-") as tmp:
-        tmp_rec = Path(tmp) / "images.rec"
-        grouped, seen, last = True, set(), None
-        with RecordIOWriter(tmp_rec, Path(tmp) / "images.idx", lay) as w:
-            for n, (image, label) in enumerate(items):
-                label = int(label)
-                if not 0 <= label < 2**24:  # float32 holds integers exactly only below 2**24
-                    raise ValueError(f"item {n}: label {label} outside 0 .. 2**24-1")
-                if label != last:
-                    grouped &= label not in seen
-                    seen.add(label)
-                    last = label
-                key = n + 1
-                w.write(key, pack(IRHeader(0, float(label), key, 0), _image_bytes(image, quality, n)))
-                labels.append(label)
-        src = RecordIOReader(tmp_rec, Path(tmp) / "images.idx")
-        order = np.arange(len(labels)) if grouped else np.argsort(np.asarray(labels), kind="stable")
-        num_ids = (max(labels) + 1) if labels else 0
-        id_start = len(labels) + 1
-        first = np.zeros(num_ids, np.int64)
-        end = np.zeros(num_ids, np.int64)
-        with RecordIOWriter(rec_path, idx_path, lay) as w:
-            placeholder = _header_payload(0, 0)
-            w.write(0, placeholder)  # the counts are known only at the end: rewritten below
-            for new_key, i in enumerate(order, start=1):
-                payload = src.read_at(src.offsets[i])
-                if not grouped:  # the key lives in the IRHeader id too
-                    payload = payload[:8] + struct.pack("<Q", new_key) + payload[16:]
-                w.write(new_key, payload)
-                lab = labels[i]
-                if end[lab] == 0:
-                    first[lab] = new_key
-                end[lab] = new_key + 1
-            for lab in range(num_ids):
-                key = id_start + lab
-                w.write(key, pack(IRHeader(0, [float(first[lab]), float(end[lab])], key, 0)))
-            w.overwrite(0, placeholder, _header_payload(id_start, id_start + num_ids))
-        src.close()
+    grouped, seen, last = True, set(), None
+    w = RecordIOWriter(rec_path, idx_path, lay)
+    try:
+        w.write(0, placeholder)
+        for n, (image, label) in enumerate(items):
+            label = int(label)
+            if not 0 <= label < 2**24:  # float32 holds integers exactly only below 2**24
+                raise ValueError(f"item {n}: label {label} outside 0 .. 2**24-1")
+            if label != last:
+                grouped &= label not in seen
+                seen.add(label)
+                last = label
+            key = n + 1
+            w.write(key, pack(IRHeader(0, float(label), key, 0), _image_bytes(image, quality, n)))
+            labels.append(label)
+        if grouped:
+            _finish_insightface(w, labels, placeholder)
+            w.close()
+        else:  # rewrite the images in label order (stable) through a temporary file
+            w.close()
+            src = RecordIOReader(rec_path, idx_path)
+            tmp_rec, tmp_idx = out / f".{name}.rec.tmp", out / f".{name}.idx.tmp"
+            order = np.argsort(np.asarray(labels), kind="stable")
+            with RecordIOWriter(tmp_rec, tmp_idx, lay) as w2:
+                w2.write(0, placeholder)
+                for new_key, i in enumerate(order, start=1):
+                    payload = src.read(int(i) + 1)
+                    # the key lives in the IRHeader id too
+                    w2.write(new_key, payload[:8] + struct.pack("<Q", new_key) + payload[16:])
+                _finish_insightface(w2, [labels[i] for i in order], placeholder)
+            src.close()
+            os.replace(tmp_rec, rec_path)
+            os.replace(tmp_idx, idx_path)
+    except BaseException:
+        w.close()
+        for p in (rec_path, idx_path, out / f".{name}.rec.tmp", out / f".{name}.idx.tmp"):
+            p.unlink(missing_ok=True)
+        raise
     return len(labels)
+
+
+def _finish_insightface(w: RecordIOWriter, labels: list[int], placeholder: bytes) -> None:
+    """Append the identity records (keys id_start + label: (first, end) image keys) and
+    rewrite header record 0; ``labels[k - 1]`` is the label of image key ``k``."""
+    num_ids = (max(labels) + 1) if labels else 0
+    id_start = len(labels) + 1
+    first = np.zeros(num_ids, np.int64)
+    end = np.zeros(num_ids, np.int64)
+    for key, lab in enumerate(labels, start=1):
+        if end[lab] == 0:
+            first[lab] = key
+        end[lab] = key + 1
+    for lab in range(num_ids):
+        key = id_start + lab
+        w.write(key, pack(IRHeader(0, [float(first[lab]), float(end[lab])], key, 0)))
+    w.overwrite(0, placeholder, _header_payload(id_start, id_start + num_ids))
 
 
 # ---------------------------------------------------------------------------- dataset
