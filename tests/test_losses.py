@@ -88,12 +88,14 @@ def test_registry_lists_every_head_and_builds_presets():
         head = build_margin(name)
         assert isinstance(head, CombinedMargin) and (head.m1, head.m2, head.m3) == (m1, m2, m3)
         assert head.s == 64.0
-    assert build_margin("arcface", s=32.0, m=0.4).m2 == 0.4
+    head = build_margin("arcface", s=32.0, m2=0.4)
+    assert (head.s, head.m1, head.m2, head.m3) == (32.0, 1.0, 0.4, 0.0)
+    assert build_margin("cosface", m3=0.35).m3 == 0.35
     assert build_margin("softmax").normalize is False
     with pytest.raises(ValueError, match="unknown margin head 'nope'"):
         build_margin("nope")
-    with pytest.raises(TypeError):
-        build_margin("arcface", m2=0.3)  # the preset takes m, not m2
+    with pytest.raises(TypeError, match="margin"):
+        build_margin("arcface", margin=0.3)  # presets take CombinedMargin's keywords
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -117,7 +119,7 @@ def test_combined_presets_match_per_sample_loop(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_arcface_is_arcface_torch_formula_including_fallback(dtype):
     m = 0.5
-    head = build_margin("arcface", m=m)
+    head = build_margin("arcface", m2=m)
     degrees = [0.5, 30.0, 90.0, 150.0, 151.0, 152.0, 170.0, 179.5]
     cos = torch.tensor([[math.cos(a * DEG)] for a in degrees], dtype=dtype)
     out = head(cos, torch.zeros(len(degrees), dtype=torch.long)).squeeze(1) / 64.0
@@ -183,7 +185,7 @@ def test_margin_grad_paper_vs_official(name, dtype):
 
 def test_cosface_margin_has_identity_gradient_and_exact_forward():
     cos = cos_matrix(torch.float64)
-    out = build_margin("cosface", m=0.35)(cos, torch.tensor(LABELS))
+    out = build_margin("cosface", m3=0.35)(cos, torch.tensor(LABELS))
     expect = cos.clone()
     expect[range(4), LABELS] -= 0.35
     assert torch.equal(out, expect * 64.0)

@@ -1,6 +1,6 @@
 """nbfacelib.losses: margin heads chosen by name, and Partial FC.
 
-``build_margin("arcface", s=64, m=0.5)`` returns a :class:`MarginHead`; ``list_margins()``
+``build_margin("arcface", s=64, m2=0.5)`` returns a :class:`MarginHead`; ``list_margins()``
 lists the names. Wrap a head in :class:`PartialFC` for the classifier and the loss.
 """
 

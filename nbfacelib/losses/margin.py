@@ -126,7 +126,8 @@ class MarginHead(nn.Module):
             target = target.detach() + (cos_y - cos_y.detach())
         logits = self.modulate_negatives(cos, cos_y, has_pos, all_reduce)
         target = torch.where(has_pos, target, logits.gather(1, col).squeeze(1))
-        return logits.scatter(1, col, target.unsqueeze(1)) * self.s
+        # Scale first, then write the targets in place: one (B, C) copy instead of two.
+        return (logits * self.s).scatter_(1, col, (target * self.s).unsqueeze(1))
 
     def forward(self, cos, labels, norms=None, all_reduce=None) -> torch.Tensor:
         return self.apply_margin(cos, labels, norms, all_reduce)
@@ -203,24 +204,32 @@ class CombinedMargin(MarginHead):
 
 
 # -- named presets (registered in nbfacelib.losses) ---------------------------------------
-def arcface(s: float = 64.0, m: float = 0.5, margin_grad: bool = True) -> CombinedMargin:
-    """ArcFace (Deng et al., CVPR 2019): ``cos(theta_y + m)``, m in radians; (m1, m2, m3) = (1, m, 0)."""
-    return CombinedMargin(s, 1.0, m, 0.0, margin_grad)
+# Each takes CombinedMargin's keywords, so a config overrides any of s, m1, m2, m3 by the same
+# names whatever the preset; only the defaults differ.
+def arcface(
+    s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, margin_grad: bool = True
+) -> CombinedMargin:
+    """ArcFace (Deng et al., CVPR 2019): ``cos(theta_y + m2)``, m2 = 0.5 rad; (m1, m2, m3) = (1, 0.5, 0)."""
+    return CombinedMargin(s, m1, m2, m3, margin_grad)
 
 
-def cosface(s: float = 64.0, m: float = 0.4) -> CombinedMargin:
-    """CosFace / AM-Softmax (Wang et al., CVPR 2018): ``cos(theta_y) - m``, m in cosine units;
-    (m1, m2, m3) = (1, 0, m). The margin is a constant shift, so its gradient is the identity."""
-    return CombinedMargin(s, 1.0, 0.0, m)
+def cosface(
+    s: float = 64.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.4, margin_grad: bool = True
+) -> CombinedMargin:
+    """CosFace / AM-Softmax (Wang et al., CVPR 2018): ``cos(theta_y) - m3``, m3 = 0.4 in cosine
+    units; (m1, m2, m3) = (1, 0, 0.4). A constant shift: its gradient is the identity either way."""
+    return CombinedMargin(s, m1, m2, m3, margin_grad)
 
 
-def sphereface(s: float = 64.0, m: float = 1.35, margin_grad: bool = True) -> CombinedMargin:
-    """SphereFace (Liu et al., CVPR 2017) in the combined form ``cos(m * theta_y)``,
-    (m1, m2, m3) = (m, 0, 0), with insightface's combined-margin setting m = 1.35. The original
-    uses an integer m = 4 with the piecewise psi(theta) = (-1)^k cos(m theta) - 2k and an
-    annealed mix with plain softmax; the combined form replaces both by a small m1 and the
-    monotone fallback of :func:`angular_margin` (here past theta = pi/1.35 ~ 133 deg)."""
-    return CombinedMargin(s, m, 0.0, 0.0, margin_grad)
+def sphereface(
+    s: float = 64.0, m1: float = 1.35, m2: float = 0.0, m3: float = 0.0, margin_grad: bool = True
+) -> CombinedMargin:
+    """SphereFace (Liu et al., CVPR 2017) in the combined form ``cos(m1 * theta_y)``,
+    (m1, m2, m3) = (1.35, 0, 0), insightface's combined-margin setting. The original uses an
+    integer m = 4 with the piecewise psi(theta) = (-1)^k cos(m theta) - 2k and an annealed mix
+    with plain softmax; the combined form replaces both by a small m1 and the monotone fallback
+    of :func:`angular_margin` (here past theta = pi / 1.35 ~ 133 deg)."""
+    return CombinedMargin(s, m1, m2, m3, margin_grad)
 
 
 def combined(
