@@ -41,6 +41,7 @@ class TrainConfig:
     holdout_ids: int = 0  # last N identities of a folder/rec data set kept out for "heldout"
     flip: bool = True  # random horizontal flip of training images (arcface_torch does it)
     num_workers: int = 0  # DataLoader workers for folder/rec data (synthetic renders in-process)
+    cache_mb: int = 1024  # synthetic: keep rendered images when the whole set fits (MiB)
 
     # length: `steps` (optimizer steps) wins over `epochs` when both are given
     steps: int | None = None

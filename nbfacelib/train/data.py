@@ -45,6 +45,13 @@ class TrainBatches:
             self.num_classes = int(self.dataset.num_identities)
             self.per_id = int(self.dataset.per_identity)
             self.num_images = self.num_classes * self.per_id
+            # An image is a pure function of (identity, sample): cache each one the first time it
+            # is rendered when the whole set fits in cache_mb (batches are unchanged by it)
+            s = self.dataset.size
+            self.cache = None
+            if self.num_images * 3 * s * s <= cfg.cache_mb * 2**20:
+                self.cache = torch.zeros((self.num_images, 3, s, s), dtype=torch.uint8, device=device)
+                self.cached = torch.zeros(self.num_images, dtype=torch.bool, device=device)
             return
         labels = np.asarray(self.dataset.labels, dtype=np.int64)
         ids = np.unique(labels)
@@ -68,6 +75,17 @@ class TrainBatches:
         self._loader = None
         self._next_step = None
 
+    def _render(self, identities: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self.dataset.render_batch(identities, samples, device=self.device)[0]
+        index = (identities * self.per_id + samples).to(self.device)
+        missing = torch.unique(index[~self.cached[index]])
+        if missing.numel():
+            ids, smp = (missing // self.per_id).cpu(), (missing % self.per_id).cpu()
+            self.cache[missing] = self.dataset.render_batch(ids, smp, device=self.device)[0]
+            self.cached[missing] = True
+        return self.cache[index]
+
     def _read(self, i: int) -> torch.Tensor:
         img, _ = self.dataset[int(i)]
         return self.resize(img[None])[0]
@@ -78,7 +96,7 @@ class TrainBatches:
             g = _generator(self.cfg.seed, step, self.rank, 1)
             identities = torch.randint(0, self.num_classes, (self.per_step,), generator=g)
             samples = torch.randint(0, self.per_id, (self.per_step,), generator=g)
-            images, _ = self.dataset.render_batch(identities, samples, device=self.device)
+            images = self._render(identities, samples)
             labels = identities
         else:
             positions = self._positions(step)
@@ -150,6 +168,23 @@ class _StepSampler(torch.utils.data.Sampler):
             step += 1
 
 
+def synthetic_pairs(faces, n_pairs: int, seed: int, data: TrainBatches | None = None, batch: int = 256):
+    """Pairs of ``faces`` (:func:`nbfacelib.data.pairs.sample_pairs`, the foundation's balanced
+    fold-ready layout) rendered straight to tensors in batches: no JPEG round trip, which for
+    synthetic faces would only add an artefact and (through ``make_pair_set``'s one-image-at-a-
+    time encoding) minutes of CPU. Returns (uint8 (2N, 3, S, S), issame (N,))."""
+    from nbfacelib.data.pairs import sample_pairs
+
+    i1, i2, same = sample_pairs(faces.labels, n_pairs, seed=seed)
+    flat = torch.as_tensor(np.stack([i1, i2], 1).reshape(-1))
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    parts = []
+    for chunk in unique.split(batch):
+        images, _ = faces.render_batch(chunk // faces.per_identity, chunk % faces.per_identity)
+        parts.append(images if data is None else data.resize(images))
+    return torch.cat(parts)[inverse], np.asarray(same)
+
+
 def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
     """name -> (uint8 images (2N, 3, S, S), issame (N,)) for every entry of ``cfg.val``:
     a ``.bin`` path; ``synthetic-heldout`` (identities after the training ones, same renderer);
@@ -172,8 +207,8 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
                 difficulty=ds.difficulty,
                 identity_offset=ds.identity_offset + ds.num_identities,
             )
-            pairs = make_pair_set(heldout, cfg.val_pairs, seed=cfg.seed)
-            name = "synthetic-heldout"
+            out["synthetic-heldout"] = synthetic_pairs(heldout, cfg.val_pairs, cfg.seed, data)
+            continue
         elif spec == "heldout":
             if not cfg.holdout_ids:
                 raise ValueError("val 'heldout' needs holdout_ids > 0 (identities kept out of training)")
