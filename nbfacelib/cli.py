@@ -15,6 +15,8 @@ import sys
 # Order is the order of ``nbface --help``.
 COMMAND_MODULES: list[str] = [
     # each helper module adds itself here, e.g. "nbfacelib.commands.synth"
+    "nbfacelib.commands.run",
+    "nbfacelib.commands.reproduce",
     "nbfacelib.commands.pairs",
     "nbfacelib.commands.train",
     "nbfacelib.commands.export",

@@ -1,1 +1,17 @@
-"""nbfacelib.report"""
+"""nbfacelib.report: what notebooks record, how they are run, and how reports are rendered.
+
+In a notebook::
+
+    from nbfacelib.report import record, claim
+    record("final_accuracy_synthetic", acc)
+    claim("C13", "max |d^2 - (2 - 2cos)| over 10k random unit vectors < 1e-9",
+          {"max_abs_error": err}, holds=err < 1e-9)
+
+Runner side: ``nbfacelib.report.runner.run_notebook`` / ``reproduce`` (``nbface run`` /
+``nbface reproduce``), HTML in ``nbfacelib.report.html``, bounds in ``nbfacelib.report.bounds``.
+Only the light recording API is imported here, so a notebook's import stays fast.
+"""
+
+from nbfacelib.report.record import CLAIMS, claim, claims, metrics, record, reset, summary, verdict_table
+
+__all__ = ["CLAIMS", "claim", "claims", "metrics", "record", "reset", "summary", "verdict_table"]

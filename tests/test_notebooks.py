@@ -1,0 +1,110 @@
+"""Every notebook in notebooks/: committed without outputs, a first code cell tagged
+``parameters`` that sets ``preset`` (and every parameter presets.yaml gives it), and a run at
+the smoke preset that ends "ok": no failing cell, recorded metrics inside notebooks/bounds.yaml,
+an offline HTML report. This is the regression gate that catches a notebook that silently
+stops learning. The engine self-test (tests/data) is always in the list, so the tests still
+collect (and check the engine) when notebooks/ is empty.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nbfacelib.report.bounds import load_bounds
+from nbfacelib.report.html import external_script_sources
+from nbfacelib.report.presets import PRESETS, load_notebook_presets
+from nbfacelib.report.runner import describe, find_notebooks, parameters_cell
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO / "notebooks"
+SELFTEST = REPO / "tests" / "data" / "engine_selftest.ipynb"
+PRODUCT = find_notebooks(NOTEBOOKS_DIR) if NOTEBOOKS_DIR.is_dir() else []
+ALL = [*PRODUCT, SELFTEST]
+
+
+def _id(path: Path) -> str:
+    return path.stem
+
+
+@pytest.fixture(scope="session")
+def selftest_reports(tmp_path_factory) -> tuple[Path, int]:
+    """(reports/<preset> folder, exit code) of ``nbface run`` on the self-test notebook, once per
+    session (shared with test_report.py and test_report_browser.py through the folder)."""
+    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
+    rc_file = out / "rc"
+    if not rc_file.exists():
+        from nbfacelib.cli import main
+
+        rc = main(["run", str(SELFTEST), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
+        rc_file.write_text(str(rc))
+    return out / "smoke", int(rc_file.read_text())
+
+
+@pytest.mark.parametrize("path", ALL, ids=_id)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    )
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata, (
+        f"{path.name}: run metadata committed"
+    )
+
+
+@pytest.mark.parametrize("path", ALL, ids=_id)
+def test_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    _, names = parameters_cell(nb)  # raises unless the FIRST code cell is tagged "parameters"
+    assert "preset" in names, f"{path.name}: the parameters cell must set `preset`"
+    entry = load_notebook_presets().get(path.stem, {})
+    for preset, params in entry.items():
+        unknown = set(params) - names
+        assert not unknown, (
+            f"presets.yaml notebooks.{path.stem}.{preset} sets {unknown}, unknown to the notebook"
+        )
+
+
+def test_presets_and_bounds_name_existing_notebooks():
+    names = {p.stem for p in PRODUCT}
+    for source, block in [
+        ("nbfacelib/presets.yaml notebooks:", load_notebook_presets()),
+        ("notebooks/bounds.yaml", load_bounds(NOTEBOOKS_DIR / "bounds.yaml")),
+    ]:
+        stray = set(block) - names
+        assert not stray, f"{source} names notebooks that do not exist: {sorted(stray)}"
+    for name in names & set(load_notebook_presets()):
+        missing = set(PRESETS) - set(load_notebook_presets()[name])
+        assert not missing, f"presets.yaml notebooks.{name} lacks presets {sorted(missing)}"
+
+
+def _check_entry(name: str, entry: dict, out: Path) -> None:
+    assert entry["status"] == "ok", describe(name, entry)
+    page = (out / f"{name}.html").read_text()
+    assert external_script_sources(page) == [], f"{name}.html loads scripts from the network"
+    assert page.count("plotly.js v") <= 1, f"{name}.html embeds plotly.js more than once"
+
+
+@pytest.mark.timeout(900)  # a hung kernel fails instead of stalling CI; smoke should take <= 90 s
+@pytest.mark.parametrize("path", PRODUCT, ids=_id)
+def test_smoke_run_within_bounds(path, tmp_path):
+    from nbfacelib.report.runner import run_notebook
+
+    entry = run_notebook(path, "smoke", None, tmp_path)
+    print(f"{path.stem}: {entry['status']} in {entry['seconds']:.1f} s")
+    _check_entry(path.stem, entry, tmp_path / "smoke")
+
+
+def test_selftest_smoke_run_within_bounds(selftest_reports):
+    out, rc = selftest_reports
+    entry = json.loads((out / "metrics.json").read_text())["engine_selftest"]
+    _check_entry("engine_selftest", entry, out)
+    assert rc == 0

@@ -1,0 +1,252 @@
+"""Reports render in a real browser, offline: headless Chromium opens index.html and the
+engine self-test report, and the test fails on JavaScript errors, on any network request, or
+when a plotly figure did not draw (a ``.plotly-graph-div`` without ``svg.main-svg``).
+
+Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (JSON
+messages separated by NUL bytes on file descriptors 3 and 4), which needs only the standard
+library: no selenium, no chromedriver, no websocket client. Chromium itself comes from the
+Debian package, installed by the ``chromium`` fixture when missing (CI starts bare).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SELFTEST = REPO / "tests" / "data" / "engine_selftest.ipynb"
+SELFTEST_PLOTLY_FIGURES = 2  # the scatter and the static rendering of interactive(...)
+SCREENSHOT_DIR = REPO / "reports" / "test-screenshots"
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,2000",
+    "--remote-debugging-pipe",
+]
+
+
+def _find_chromium() -> str | None:
+    for candidate in (os.environ.get("NBFACELIB_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium executable; installs Debian's ``chromium`` with apt-get if missing
+    (idempotent: a no-op when present)."""
+    exe = _find_chromium()
+    if exe:
+        return exe
+    apt = shutil.which("apt-get")
+    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt is None or prefix is None:
+        pytest.fail(
+            "Chromium is missing and cannot be installed here (needs apt-get as root): "
+            "apt-get install chromium, or set NBFACELIB_CHROMIUM to a Chromium executable"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(prefix + cmd, env=env, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    exe = _find_chromium()
+    if not exe:
+        pytest.fail("apt-get installed chromium but no chromium executable is on PATH")
+    return exe
+
+
+class Browser:
+    """A headless Chromium speaking the DevTools protocol over pipes (fd 3: commands in,
+    fd 4: replies and events out)."""
+
+    def __init__(self, exe: str, profile: Path, log: Path):
+        to_chrome_r, to_chrome_w = os.pipe()
+        from_chrome_r, from_chrome_w = os.pipe()
+        # Move the child's ends above 3/4 first, so the dup2 onto 3 and 4 below never clobbers
+        # one with the other and always clears close-on-exec.
+        hi_r = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        hi_w = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        argv = [exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.pid = os.posix_spawn(
+                exe,
+                argv,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, hi_r, 3),
+                    (os.POSIX_SPAWN_DUP2, hi_w, 4),
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+            )
+        finally:
+            for fd in (to_chrome_r, from_chrome_w, hi_r, hi_w, log_fd):
+                os.close(fd)
+        self.write_fd, self.read_fd = to_chrome_w, from_chrome_r
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+        self.log = log
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.read_fd], [], [], left)[0]:
+                raise TimeoutError(f"no reply from Chromium; its log:\n{self.log.read_text()[-3000:]}")
+            chunk = os.read(self.read_fd, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium closed the pipe; its log:\n{self.log.read_text()[-3000:]}")
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout=30.0):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.write_fd, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout=30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for i, ev in enumerate(self.events):
+            if ev.get("method") == method:
+                return self.events.pop(i)
+        while True:
+            ev = self._read_message(deadline)
+            if ev.get("method") == method:
+                return ev
+            self.events.append(ev)
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=5)
+        except Exception:
+            os.kill(self.pid, signal.SIGKILL)
+        for fd in (self.write_fd, self.read_fd):
+            os.close(fd)
+        os.waitpid(self.pid, 0)
+
+
+def open_page(browser: Browser, url: str, screenshot: Path, settle_s: float = 15.0) -> dict:
+    """Load ``url``; return {errors, requests, figures, rendered, rows} after plotly settled."""
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        browser.send(f"{domain}.enable", session=session)
+    browser.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 2000, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
+    browser.send("Page.navigate", {"url": url}, session=session)
+    browser.wait_event("Page.loadEventFired", timeout=60)
+    probe = (
+        "JSON.stringify({figures: document.querySelectorAll('.plotly-graph-div').length,"
+        " rendered: [...document.querySelectorAll('.plotly-graph-div')]"
+        ".filter(d => d.querySelector('svg.main-svg')).length,"
+        " rows: document.querySelectorAll('tbody tr').length,"
+        " images: document.querySelectorAll('img[src^=\"data:image/png\"]').length})"
+    )
+    deadline = time.monotonic() + settle_s
+    while True:
+        state = json.loads(
+            browser.send("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session=session)[
+                "result"
+            ]["value"]
+        )
+        if state["rendered"] == state["figures"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # plotly draws asynchronously after load; poll, not a fixed sleep
+    shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=60)
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(screenshot, SCREENSHOT_DIR / screenshot.name)
+
+    errors, requests = [], []
+    for ev in browser.events:
+        method, p = ev.get("method"), ev.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            d = p["exceptionDetails"]
+            errors.append(d.get("exception", {}).get("description") or d.get("text"))
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            errors.append(" ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+        elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
+            errors.append(f"{p['entry'].get('text')} ({p['entry'].get('url', '')})")
+        elif method == "Network.requestWillBeSent":
+            req_url = p["request"]["url"]
+            if not req_url.startswith(("file:", "data:", "about:", "blob:")):
+                requests.append(req_url)
+    browser.events.clear()
+    browser.send("Target.closeTarget", {"targetId": target})
+    return {**state, "errors": errors, "requests": requests}
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chromium")
+    b = Browser(chromium, tmp / "profile", tmp / "chromium.log")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def selftest_reports(tmp_path_factory) -> Path:
+    """reports/smoke of ``nbface run`` on the self-test notebook, once per session (shared with
+    test_report.py and test_notebooks.py through the folder)."""
+    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
+    rc_file = out / "rc"
+    if not rc_file.exists():
+        from nbfacelib.cli import main
+
+        rc = main(["run", str(SELFTEST), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
+        rc_file.write_text(str(rc))
+    return out / "smoke"
+
+
+def test_notebook_report_renders_offline(browser, selftest_reports, tmp_path):
+    page = open_page(browser, (selftest_reports / "engine_selftest.html").as_uri(), tmp_path / "selftest.png")
+    assert page["errors"] == [], f"JavaScript errors: {page['errors']}"
+    assert page["requests"] == [], f"the report fetched from the network: {page['requests']}"
+    assert page["figures"] == SELFTEST_PLOTLY_FIGURES, page
+    assert page["rendered"] == page["figures"], f"plotly figures that did not draw: {page}"
+    assert page["images"] >= 1, "the matplotlib figure (inline PNG) is missing"
+    assert (tmp_path / "selftest.png").stat().st_size > 10_000  # a real picture, not a blank page
+
+
+def test_index_renders_offline(browser, selftest_reports, tmp_path):
+    page = open_page(browser, (selftest_reports / "index.html").as_uri(), tmp_path / "index.png")
+    assert page["errors"] == [], f"JavaScript errors: {page['errors']}"
+    assert page["requests"] == [], f"index.html fetched from the network: {page['requests']}"
+    assert page["rows"] >= 1  # one row per notebook in metrics.json
