@@ -84,7 +84,7 @@ def _worker(rank, world, port, out_dir):
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    assert nbdist.init_distributed() is True  # gloo: no CUDA here
+    assert nbdist.init_distributed(timeout_s=120) is True  # gloo: no CUDA here; a hang ends in 2 min
     try:
         assert torch.distributed.get_backend() == "gloo"
         results = {"rank": nbdist.rank(), "world": nbdist.world_size()}

@@ -169,7 +169,7 @@ class NormSoftmax(MarginHead):
 
 
 class CombinedMargin(MarginHead):
-    """Combined margin (ArcFace paper, Deng et al., CVPR 2019, Eq. 4; insightface's
+    """Combined margin (the ArcFace paper's combined form, Deng et al., CVPR 2019; insightface's
     CombinedMarginLoss): target logit ``s * (cos(m1 * theta_y + m2) - m3)``, others ``s * cos``.
 
     - ``s``: logit scale (inverse temperature, 64 in the papers);
