@@ -91,6 +91,12 @@ def test_registry_lists_every_head_and_builds_presets():
     head = build_margin("arcface", s=32.0, m2=0.4)
     assert (head.s, head.m1, head.m2, head.m3) == (32.0, 1.0, 0.4, 0.0)
     assert build_margin("cosface", m3=0.35).m3 == 0.35
+    # ``m`` is each preset's own margin in the paper's notation
+    assert build_margin("arcface", m=0.3).m2 == 0.3
+    assert build_margin("cosface", m=0.35).m3 == 0.35
+    assert build_margin("sphereface", m=1.5).m1 == 1.5
+    with pytest.raises(ValueError, match="m or m2"):
+        build_margin("arcface", m=0.3, m2=0.4)
     assert build_margin("softmax").normalize is False
     with pytest.raises(ValueError, match="unknown margin head 'nope'"):
         build_margin("nope")

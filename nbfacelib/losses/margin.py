@@ -204,32 +204,54 @@ class CombinedMargin(MarginHead):
 
 
 # -- named presets (registered in nbfacelib.losses) ---------------------------------------
-# Each takes CombinedMargin's keywords, so a config overrides any of s, m1, m2, m3 by the same
-# names whatever the preset; only the defaults differ.
+# Each takes CombinedMargin's keywords (s, m1, m2, m3), so a config overrides any of them by
+# the same names whatever the preset, and also ``m``: the paper's own margin of that preset
+# (arcface m = m2, cosface m = m3, sphereface m = m1).
+def _own(m: float | None, mi: float | None, default: float, name: str) -> float:
+    if m is not None and mi is not None:
+        raise ValueError(f"give m or {name}, not both (m is {name} for this preset)")
+    return default if m is None and mi is None else (m if m is not None else mi)
+
+
 def arcface(
-    s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, margin_grad: bool = True
+    s: float = 64.0,
+    m: float | None = None,
+    m1: float = 1.0,
+    m2: float | None = None,
+    m3: float = 0.0,
+    margin_grad: bool = True,
 ) -> CombinedMargin:
-    """ArcFace (Deng et al., CVPR 2019): ``cos(theta_y + m2)``, m2 = 0.5 rad; (m1, m2, m3) = (1, 0.5, 0)."""
-    return CombinedMargin(s, m1, m2, m3, margin_grad)
+    """ArcFace (Deng et al., CVPR 2019): ``cos(theta_y + m)``, m = m2 = 0.5 rad; (1, 0.5, 0)."""
+    return CombinedMargin(s, m1, _own(m, m2, 0.5, "m2"), m3, margin_grad)
 
 
 def cosface(
-    s: float = 64.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.4, margin_grad: bool = True
+    s: float = 64.0,
+    m: float | None = None,
+    m1: float = 1.0,
+    m2: float = 0.0,
+    m3: float | None = None,
+    margin_grad: bool = True,
 ) -> CombinedMargin:
-    """CosFace / AM-Softmax (Wang et al., CVPR 2018): ``cos(theta_y) - m3``, m3 = 0.4 in cosine
-    units; (m1, m2, m3) = (1, 0, 0.4). A constant shift: its gradient is the identity either way."""
-    return CombinedMargin(s, m1, m2, m3, margin_grad)
+    """CosFace / AM-Softmax (Wang et al., CVPR 2018): ``cos(theta_y) - m``, m = m3 = 0.4 in
+    cosine units; (1, 0, 0.4). A constant shift: its gradient is the identity either way."""
+    return CombinedMargin(s, m1, m2, _own(m, m3, 0.4, "m3"), margin_grad)
 
 
 def sphereface(
-    s: float = 64.0, m1: float = 1.35, m2: float = 0.0, m3: float = 0.0, margin_grad: bool = True
+    s: float = 64.0,
+    m: float | None = None,
+    m1: float | None = None,
+    m2: float = 0.0,
+    m3: float = 0.0,
+    margin_grad: bool = True,
 ) -> CombinedMargin:
-    """SphereFace (Liu et al., CVPR 2017) in the combined form ``cos(m1 * theta_y)``,
-    (m1, m2, m3) = (1.35, 0, 0), insightface's combined-margin setting. The original uses an
-    integer m = 4 with the piecewise psi(theta) = (-1)^k cos(m theta) - 2k and an annealed mix
-    with plain softmax; the combined form replaces both by a small m1 and the monotone fallback
-    of :func:`angular_margin` (here past theta = pi / 1.35 ~ 133 deg)."""
-    return CombinedMargin(s, m1, m2, m3, margin_grad)
+    """SphereFace (Liu et al., CVPR 2017) in the combined form ``cos(m * theta_y)``, m = m1 =
+    1.35, insightface's combined-margin setting; (1.35, 0, 0). The original uses an integer
+    m = 4 with the piecewise psi(theta) = (-1)^k cos(m theta) - 2k and an annealed mix with
+    plain softmax; the combined form replaces both by a small m1 and the monotone fallback of
+    :func:`angular_margin` (here past theta = pi / 1.35 ~ 133 deg)."""
+    return CombinedMargin(s, _own(m, m1, 1.35, "m1"), m2, m3, margin_grad)
 
 
 def combined(
