@@ -288,9 +288,16 @@ def test_bad_magic_errors_give_offsets(tmp_path):
 
 def test_bad_index_line_named(tmp_path):
     rec, idx = _small_rec(tmp_path)
+    keys, offsets = read_index(idx)
     idx.write_text("0\t0\n1\tforty\n")
     with pytest.raises(RecordIOError, match=r"train\.idx: line 2"):
         RecordIOReader(rec)
+    idx.write_text("0 0 40\n7\n")  # right token count, wrong lines
+    with pytest.raises(RecordIOError, match=r"train\.idx: line 1 is not"):
+        RecordIOReader(rec)
+    idx.write_text("".join(f"{k} {o}\n\n" for k, o in zip(keys, offsets)))  # spaces, blank lines
+    k2, o2 = read_index(idx)
+    assert k2.tolist() == keys.tolist() and o2.tolist() == offsets.tolist()
 
 
 # ---------------------------------------------------------------------------- workers

@@ -272,20 +272,30 @@ def _read_parts(read, offset: int, lay: Layout, path: Path, file_size: int, limi
 
 # ---------------------------------------------------------------------------- index
 def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a ``.idx`` file into (keys, offsets) int64 arrays, in file order."""
+    """Parse a ``.idx`` file into (keys, offsets) int64 arrays, in file order.
+
+    ``np.fromstring`` in text mode parses MS1MV2's 5.9M lines ~5x faster than splitting and
+    converting; it stops (or raises) at the first bad token, so the count is checked and a bad
+    file is re-read line by line to name the line.
+    """
     idx_path = Path(idx_path)
     text = idx_path.read_bytes()
-    fields = text.split()
-    if len(fields) % 2:
-        raise RecordIOError(f"{idx_path}: odd number of fields; each line must be 'key<TAB>offset'")
+    n_lines = text.count(b"\n") + (1 if text and not text.endswith(b"\n") else 0)
     try:
-        arr = np.array(fields, dtype=np.int64).reshape(-1, 2)
-    except ValueError:
-        for lineno, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-            parts = line.split()
-            if parts and (len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts)):
-                raise RecordIOError(f"{idx_path}: line {lineno} is not 'key<TAB>offset': {line!r}") from None
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat = np.fromstring(text.decode("ascii", "replace"), dtype=np.int64, sep=" ")
+    except ValueError:  # numpy >= 2.x raises where older versions warned and stopped
+        flat = np.zeros(0, np.int64)
+    if flat.size == 2 * n_lines and text.count(b"\t") == n_lines:  # one TAB per line, as mxnet writes
+        arr = flat.reshape(-1, 2)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+    for lineno, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        parts = line.split()
+        if parts and (len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts)):
+            raise RecordIOError(f"{idx_path}: line {lineno} is not 'key<TAB>offset': {line!r}")
+    # only blank lines are left to explain the count: parse the slow, exact way
+    arr = np.array(text.split(), dtype=np.int64).reshape(-1, 2)
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
