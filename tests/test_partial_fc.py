@@ -61,6 +61,25 @@ def run_pfc(name, kw, num_classes, dtype, sample_rate=1.0, backbone_ddp=False):
     return out
 
 
+def backbone_and_inputs():
+    torch.manual_seed(5)
+    backbone = torch.nn.Linear(4, D).double()
+    g = torch.Generator().manual_seed(6)
+    return backbone, torch.randn(sum(SIZES), 4, generator=g, dtype=torch.float64)
+
+
+def run_ddp_backbone():
+    backbone, x = backbone_and_inputs()
+    centres, _, labels = make_data(7, torch.float64)
+    r = nbdist.rank()
+    rows = slice(sum(SIZES[:r]), sum(SIZES[: r + 1]))
+    model = torch.nn.parallel.DistributedDataParallel(backbone)
+    pfc = PartialFC(build_margin("arcface"), D, 7, backbone_ddp=True).double()
+    pfc.load_full_state_dict({"weight": centres})
+    pfc(model(x[rows]), labels[rows]).backward()
+    return {"weight": backbone.weight.grad, "bias": backbone.bias.grad}
+
+
 DIST_CASES = {
     # name: (head, kwargs, num_classes, dtype, sample_rate, backbone_ddp)
     "arcface64": ("arcface", {}, 7, torch.float64, 1.0, False),
@@ -96,6 +115,8 @@ def _worker(rank, world, port, out_dir):
         for case, (name, kw, c, dtype, rate, ddp) in DIST_CASES.items():
             torch.manual_seed(100 + rank)  # each rank samples its own negatives
             results[case] = run_pfc(name, kw, c, dtype, rate, ddp)
+        # the engine's set-up: a DDP backbone (averages gradients) + backbone_ddp=True
+        results["ddp_backbone"] = run_ddp_backbone()
         # checkpoints: gather at W=2 ...
         centres, _, _ = make_data(7, torch.float32)
         pfc = PartialFC(build_margin("curricularface"), D, 7)
@@ -291,3 +312,41 @@ def test_checkpoint_gathers_and_scatters_across_world_sizes(two_ranks):
         assert torch.equal(res["loaded_shard"], w1["weight"][start : start + n])
         assert res["loaded_t"].item() == 0.125
         assert torch.equal(res["regathered"], w1["weight"])
+
+
+def test_ddp_backbone_gradient_equals_single_process(two_ranks):
+    results, _ = two_ranks
+    backbone, x = backbone_and_inputs()
+    centres, _, labels = make_data(7, torch.float64)
+    emb = backbone(x)
+    cos = F.linear(F.normalize(emb), F.normalize(centres)).clamp(-1, 1)
+    build_margin("arcface").loss(cos, labels).backward()
+    for res in results:  # DDP averaged the ranks' gradients; backbone_ddp made that the exact one
+        torch.testing.assert_close(
+            res["ddp_backbone"]["weight"], backbone.weight.grad, rtol=1e-10, atol=1e-12
+        )
+        torch.testing.assert_close(res["ddp_backbone"]["bias"], backbone.bias.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["arcface", "curricularface", "magface"])
+def test_cuda_single_process_matches_cpu_reference(name):
+    centres, emb, labels = make_data(40, torch.float64)
+    ref = reference(name, {}, 40, torch.float64)
+    pfc = PartialFC(build_margin(name), D, 40).cuda()
+    buffers = {f"margin.{k}": v for k, v in pfc.margin.state_dict().items()}
+    pfc.load_full_state_dict({"weight": centres.float(), **buffers})
+    e = emb.float().cuda().requires_grad_()
+    loss = pfc(e, labels.cuda())
+    loss.backward()
+    torch.testing.assert_close(loss.double().cpu(), ref["loss"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(e.grad.double().cpu(), ref["emb_grad"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(pfc.weight.grad.double().cpu(), ref["weight_grad"], rtol=1e-3, atol=1e-4)
+    # bf16 autocast with sampling runs, keeps every positive and stays finite
+    sampled = PartialFC(build_margin(name), D, 40, sample_rate=0.25).cuda()
+    e.grad = None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = sampled(e, labels.cuda())
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32 and torch.isfinite(e.grad).all()
+    assert set(labels.tolist()) <= set(sampled.sampled_classes.tolist())
