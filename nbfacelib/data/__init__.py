@@ -31,6 +31,13 @@ _EXPORTS = {
     "unpack": "recordio",
     "write_image_rec": "recordio",
     "data_root": "root",
+    # other helpers' modules, re-exported here so that users find one entry point
+    "SyntheticFaces": "synthetic",
+    "PairSet": "pairs",
+    "PairSetError": "pairs",
+    "load_pairs": "pairs",
+    "save_pairs": "pairs",
+    "make_pair_set": "pairs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -471,7 +471,8 @@ class RecordIOWriter:
         """Append one record under ``key``; returns its byte offset."""
         offset = self._f.tell()
         framed = encode_record(payload, self.layout)
-        self.splits += framed.count(self.layout.magic_bytes) > 1
+        first_flag = struct.unpack_from("<I", framed, 4)[0] >> self.layout.shift
+        self.splits += first_flag == 1
         self._f.write(framed)
         self._idx.write(f"{int(key)}\t{offset}\n")
         self.count += 1
