@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import nbformat
@@ -223,6 +224,7 @@ def test_selftest_run_writes_metrics_json(selftest_reports):
     assert isinstance(entry["seconds"], float) and entry["seconds"] > 0
     assert entry["parameters"] == {"preset": "smoke", "n_vectors": 500}  # -p typed as int
     m = entry["metrics"]
+    assert m["kernel_python"] == sys.executable  # the kernel runs the interpreter of nbface
     assert m["n_vectors"] == 500 and m["preset"] == "smoke"
     assert 0 <= m["max_abs_error"] < 1e-12
     assert len(m["cos_quartiles"]) == 3 and m["cos_quartiles"] == sorted(m["cos_quartiles"])
@@ -291,7 +293,18 @@ def failing_suite(tmp_path_factory):
     presets.write_text("notebooks:\n  d_fine:\n    smoke: {steps: 9}\n")
     out = d / "reports"
     logs: list[str] = []
-    code, results = reproduce("smoke", None, out, notebooks_dir=d, presets_file=presets, log=logs.append)
+    # A decoy "python3" kernel spec first on the Jupyter path (as a system or user Jupyter might
+    # have): the runner must not use it.
+    decoy = tmp_path_factory.mktemp("jupyter") / "kernels" / "python3"
+    decoy.mkdir(parents=True)
+    (decoy / "kernel.json").write_text(
+        json.dumps(
+            {"argv": ["/bin/false", "{connection_file}"], "display_name": "decoy", "language": "python"}
+        )
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(decoy.parents[1]))
+        code, results = reproduce("smoke", None, out, notebooks_dir=d, presets_file=presets, log=logs.append)
     return code, results, out / "smoke", logs
 
 
@@ -340,3 +353,13 @@ def test_config_errors_before_any_kernel(tmp_path):
     with pytest.raises(ValueError, match="does not set 'preset'"):
         run_notebook(no_preset, "smoke", None, tmp_path / "r")
     assert not (tmp_path / "r" / "smoke" / "metrics.json").exists()
+
+
+def test_cell_timeout_names_the_cell(tmp_path):
+    from nbfacelib.report.runner import run_notebook
+
+    nb = _notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(120)", "y = 2")
+    entry = run_notebook(nb, "smoke", None, tmp_path / "r", cell_timeout=2)
+    assert entry["status"] == "failed"
+    assert entry["error"]["cell"] == 3 and entry["error"]["ename"] == "CellTimeoutError"
+    assert "timed out" in entry["error"]["evalue"]

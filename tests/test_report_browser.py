@@ -250,3 +250,20 @@ def test_index_renders_offline(browser, selftest_reports, tmp_path):
     assert page["errors"] == [], f"JavaScript errors: {page['errors']}"
     assert page["requests"] == [], f"index.html fetched from the network: {page['requests']}"
     assert page["rows"] >= 1  # one row per notebook in metrics.json
+
+
+def test_browser_check_catches_errors_network_and_blank_figures(browser, tmp_path):
+    """The checks above can fail: a script error, a console.error, a CDN script and a plotly
+    div that never drew are all reported."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><div class='plotly-graph-div'></div>"
+        "<script>console.error('bad thing');</script>"
+        "<script src='https://cdn.example.invalid/plotly.js'></script>"
+        "<script>throw new Error('boom');</script></body></html>"
+    )
+    got = open_page(browser, page.as_uri(), tmp_path / "bad.png", settle_s=1.0)
+    assert any("boom" in e for e in got["errors"]), got["errors"]
+    assert any("bad thing" in e for e in got["errors"]), got["errors"]
+    assert got["requests"] == ["https://cdn.example.invalid/plotly.js"]
+    assert (got["figures"], got["rendered"]) == (1, 0)

@@ -142,24 +142,35 @@ def kernel_manager_class(env: dict[str, str]):
 
 
 def _failing_cell(executed: Path) -> tuple[int | None, int | None]:
-    """(source-notebook index, execution count) of the cell papermill marked as failed/running."""
+    """(source-notebook index, execution count) of the cell a run stopped in: the one papermill
+    marked failed / running / with an error output, else (kernel died mid-cell: papermill marks
+    it completed) the first code cell whose execute request got no reply."""
     import nbformat
 
     try:
         nb = nbformat.read(executed, as_version=4)
     except Exception:
         return None, None
-    index = 0
+    index, no_reply = 0, None
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
             continue
         pm = cell.get("metadata", {}).get("papermill", {})
+        timing = cell.get("metadata", {}).get("execution", {})
         has_error = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
         if pm.get("exception") or pm.get("status") in ("failed", "running") or has_error:
             return index, cell.get("execution_count")
+        if cell.cell_type == "code" and "shell.execute_reply" not in timing and no_reply is None:
+            no_reply = index, cell.get("execution_count")
         index += 1
-    return None, None
+    return no_reply or (None, None)
+
+
+def _short(message: str) -> str:
+    """The first two non-empty lines of an exception message (nbclient's run to many lines)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines[:2])[:1000]
 
 
 def _source_index(nb: Any, executed_index: int) -> int:
@@ -309,7 +320,7 @@ def run_notebook(
                 "cell": cell,
                 "execution_count": count,
                 "ename": type(exc).__name__,
-                "evalue": str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else "",
+                "evalue": _short(str(exc)),
             }
         entry["seconds"] = round(time.perf_counter() - start, 2)
         records = load_records(record_file)
