@@ -249,7 +249,11 @@ def test_cli_data_commands(orl_root, tmp_path, monkeypatch, capsys):
     assert main(["data", "convert", "orl", str(tmp_path / "orl.rec"), "--no-progress"]) == 0
     assert main(["data", "info", str(tmp_path / "orl.rec")]) == 0
     out = capsys.readouterr().out
-    assert "format: rec" in out and "identities: 40" in out and "insightface" in out
+    assert "format: rec" in out and "identities: 40" in out and "insightface (mxnet framing)" in out
+    old = tmp_path / "old" / "train.rec"
+    assert main(["data", "convert", "orl", str(old), "--layout", "dmlc-2015", "--no-progress"]) == 0
+    assert old.read_bytes()[:4] == bytes.fromhex("0a23d73e")  # 0x3ed7230a little-endian
+    assert main(["data", "info", str(old)]) == 0 and "dmlc-2015 framing" in capsys.readouterr().out
     dst = tmp_path / "orl_png"
     assert (
         main(["data", "convert", f"rec:{tmp_path / 'orl.rec'}", str(dst), "--size", "112", "--no-progress"])

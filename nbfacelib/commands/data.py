@@ -52,6 +52,13 @@ def register(subparsers) -> None:
     )
     conv.add_argument("--ext", default="png", help="image type of a folder output: png (default), jpg, bmp")
     conv.add_argument("--overwrite", action="store_true", help="write into a non-empty DST / replace a .rec")
+    conv.add_argument(
+        "--layout",
+        choices=("mxnet", "dmlc-2015"),
+        default="mxnet",
+        help="RecordIO framing: mxnet (magic 0xced7230a, what InsightFace files use; default) or "
+        "dmlc-2015 (magic 0x3ed7230a, cflag<<30, as REFERENCE.md describes)",
+    )
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.set_defaults(func=_convert)
 
@@ -137,6 +144,7 @@ def _convert(args: argparse.Namespace) -> int:
         ext=args.ext,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        layout=args.layout,
     )
     print(f"wrote {out['images']} images as {out['format']}: {out['dst']}")
     return 0

@@ -233,11 +233,13 @@ def convert_dataset(
     ext: str = "png",
     overwrite: bool = False,
     progress: bool = False,
+    layout: str = "mxnet",
 ) -> dict[str, Any]:
     """Copy a data set (any :func:`open_dataset` URI) to an image folder or an InsightFace
     ``.rec``. ``to`` defaults from ``dst``: a ``.rec`` suffix -> rec, else folder. ``size``
     None keeps the stored pixels (JPEG bytes are copied unchanged); an int applies the
-    folder size rule first. Returns a summary dict."""
+    folder size rule first. ``layout`` is the RecordIO framing (``"mxnet"``, what every
+    InsightFace file uses, or REFERENCE.md's ``"dmlc-2015"``). Returns a summary dict."""
     from tqdm.auto import tqdm
 
     from .folder import write_image_folder
@@ -255,7 +257,7 @@ def convert_dataset(
         name = "train"
         if out.suffix.lower() == ".rec":
             name, out = out.stem, out.parent
-        n = write_image_rec(out, items, quality=quality, name=name, overwrite=overwrite)
+        n = write_image_rec(out, items, quality=quality, name=name, overwrite=overwrite, layout=layout)
         where = out / f"{name}.rec"
     else:
         n = write_image_folder(out, items, ext=ext, quality=quality, overwrite=overwrite)
