@@ -9,6 +9,7 @@ collect (and check the engine) when notebooks/ is empty.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -24,6 +25,7 @@ NOTEBOOKS_DIR = REPO / "notebooks"
 SELFTEST = REPO / "tests" / "data" / "engine_selftest.ipynb"
 PRODUCT = find_notebooks(NOTEBOOKS_DIR) if NOTEBOOKS_DIR.is_dir() else []
 ALL = [*PRODUCT, SELFTEST]
+SMOKE_BUDGET_S = 90  # issue 4: a smoke run takes <= 90 s on the 2-core machine
 
 
 def _id(path: Path) -> str:
@@ -100,6 +102,10 @@ def test_smoke_run_within_bounds(path, tmp_path):
 
     entry = run_notebook(path, "smoke", None, tmp_path)
     print(f"{path.stem}: {entry['status']} in {entry['seconds']:.1f} s")
+    if entry["seconds"] > SMOKE_BUDGET_S:  # a warning, not a failure: the CI machine may be loaded
+        warnings.warn(
+            f"{path.stem}: smoke run took {entry['seconds']:.0f} s (budget {SMOKE_BUDGET_S} s)", stacklevel=1
+        )
     _check_entry(path.stem, entry, tmp_path / "smoke")
 
 

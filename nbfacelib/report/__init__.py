@@ -9,9 +9,21 @@ In a notebook::
 
 Runner side: ``nbfacelib.report.runner.run_notebook`` / ``reproduce`` (``nbface run`` /
 ``nbface reproduce``), HTML in ``nbfacelib.report.html``, bounds in ``nbfacelib.report.bounds``.
-Only the light recording API is imported here, so a notebook's import stays fast.
+Only the light recording API is imported here, so a notebook's import stays fast. To run a
+notebook by hand at another preset: ``globals().update(notebook_parameters(NAME, "cpu"))``.
 """
 
+from nbfacelib.report.presets import notebook_parameters
 from nbfacelib.report.record import CLAIMS, claim, claims, metrics, record, reset, summary, verdict_table
 
-__all__ = ["CLAIMS", "claim", "claims", "metrics", "record", "reset", "summary", "verdict_table"]
+__all__ = [
+    "CLAIMS",
+    "claim",
+    "claims",
+    "metrics",
+    "notebook_parameters",
+    "record",
+    "reset",
+    "summary",
+    "verdict_table",
+]

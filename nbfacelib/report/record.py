@@ -157,12 +157,13 @@ def load_records(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- public API
-def record(name: str, value: Any) -> Any:
+def record(name: str, value: Any) -> None:
     """Store metric ``name`` = ``value`` (a number, string, bool, or list/dict of them).
 
     numpy / torch scalars and arrays are converted to plain JSON; NaN / inf become null (a
     bounded metric that is null fails its bounds). Recording a name again replaces the value,
-    so re-running a cell in JupyterLab does not duplicate it. Returns ``value`` unchanged.
+    so re-running a cell in JupyterLab does not duplicate it. Returns None, so a cell that
+    ends with ``record(...)`` shows no ``Out[]`` line in the report.
     """
     if not isinstance(name, str) or not _METRIC_NAME.match(name):
         raise ValueError(
@@ -171,7 +172,6 @@ def record(name: str, value: Any) -> Any:
         )
     _STORE["metrics"][name] = to_json(value, f"record({name!r})")
     _flush()
-    return value
 
 
 def claim(id: str, statement: str, measured: dict[str, Any], holds: bool | None) -> None:

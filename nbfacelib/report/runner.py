@@ -66,8 +66,8 @@ def resolve_notebook(name: str | Path, notebooks_dir: str | Path | None = None) 
     for candidate in (directory / path.name, directory / f"{path.name}.ipynb"):
         if candidate.is_file():
             return candidate
-    known = ", ".join(p.stem for p in find_notebooks(directory)) if directory.is_dir() else "none"
-    raise FileNotFoundError(f"notebook {name!r} not found (as a path, or in {directory}: {known})")
+    known = ", ".join(p.stem for p in find_notebooks(directory)) if directory.is_dir() else ""
+    raise FileNotFoundError(f"notebook {name!r} not found (as a path, or in {directory}: {known or 'none'})")
 
 
 # --------------------------------------------------------------------------- parameters cell
@@ -410,7 +410,13 @@ def reproduce(
     else:
         (Path(out) / preset / "metrics.json").unlink(missing_ok=True)
     if not notebooks:
+        from nbfacelib.report.html import write_index, write_root_index
+
         log(f"no notebooks in {directory}")
+        out_dir = Path(out) / preset
+        if not only:
+            write_index({}, out_dir / "index.html", preset)
+            write_root_index(out_dir.parent)
     results: dict[str, dict[str, Any]] = {}
     for i, nb in enumerate(notebooks, 1):
         log(f"[{i}/{len(notebooks)}] {nb.stem} (preset {preset}) ...")
