@@ -1,0 +1,156 @@
+"""Training throughput (images/s) per backbone, precision and memory format, side by side with a
+loop configured as insightface arcface_torch runs it.
+
+    python benchmarks/train_throughput.py [--quick] [--backbones ir_tiny,mbf_tiny] [--batch-size 64]
+
+What is timed: one optimizer step of the engine's recipe -- backbone forward under autocast,
+Partial FC (ArcFace head, all classes) loss, backward, grad-norm clip 5 on the backbone, SGD
+step -- on one batch of synthetic faces rendered once beforehand (rendering is not timed, so
+the numbers are the model's, not the renderer's). Warm-up steps are discarded; the median of
+the timed steps is reported.
+
+The arcface_torch loop: fp16 autocast + GradScaler, contiguous (NCHW) tensors, margin under
+``torch.no_grad()`` (``margin_grad=False``). Its autocast is ``torch.cuda.amp.autocast``, which
+leaves CPU tensors alone: on the CPU the same code runs in fp32 with a scaler that does nothing,
+so that is what the CPU baseline runs (fp32, NCHW, GradScaler disabled, no-grad margin). The
+DESIGN goal (>= 1.3x that loop on a GPU, from bf16 + channels-last [+ compile]) can only be
+measured on CUDA; the script runs the same table there (``torch.cuda.max_memory_allocated``
+per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (
+        f"CPU {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, GPU {gpu}"
+    )
+
+
+def time_config(
+    backbone_name,
+    images,
+    labels,
+    num_classes,
+    device,
+    precision,
+    channels_last,
+    margin_grad=True,
+    compile_model=False,
+    warmup=2,
+    steps=5,
+    embedding_size=512,
+):
+    from nbfacelib.data.transforms import normalize
+    from nbfacelib.losses import build_margin
+    from nbfacelib.losses.partial_fc import PartialFC
+    from nbfacelib.models import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone(backbone_name, embedding_size=embedding_size).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = backbone.to(memory_format=fmt)
+    model = torch.compile(backbone) if compile_model else backbone
+    pfc = PartialFC(build_margin("arcface", margin_grad=margin_grad), embedding_size, num_classes).to(device)
+    opt = torch.optim.SGD(
+        [{"params": backbone.parameters()}, {"params": pfc.parameters()}],
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=5e-4,
+    )
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    x = normalize(images.to(device)).contiguous(memory_format=fmt)
+    y = labels.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with ctx:
+            emb = model(x)
+        loss = pfc(emb.float(), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return len(images) / statistics.median(times), peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="ir_tiny only, fewer steps")
+    ap.add_argument("--backbones", default=None, help="comma-separated (default ir_tiny,mbf_tiny,ir_small)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    backbones = (args.backbones or ("ir_tiny" if args.quick else "ir_tiny,mbf_tiny,ir_small")).split(",")
+    if cuda and not args.backbones:
+        backbones = ["r50", "r100", "mbf"] if not args.quick else ["r50"]
+    batch = args.batch_size or (128 if cuda else 32)
+    steps = args.steps or (3 if args.quick else (20 if cuda else 5))
+
+    from nbfacelib.data.synthetic import SyntheticFaces
+
+    faces = SyntheticFaces(args.num_classes, 20, seed=0)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, args.num_classes, (batch,), generator=g)
+    images, _ = faces.render_batch(labels, torch.randint(0, 20, (batch,), generator=g))
+
+    print(machine())
+    print(f"device {device}, batch {batch}, {steps} timed steps (median), {args.num_classes} classes\n")
+    baseline_name = "arcface_torch (fp16+scaler, NCHW)" if cuda else "arcface_torch on CPU (= fp32, NCHW)"
+    rows = [(baseline_name, "fp16" if cuda else "fp32", False, False, False)]
+    for prec in ("fp32", "bf16") + (("fp16",) if cuda else ()):
+        for cl in (False, True):
+            rows.append((f"nbface {prec} {'channels-last' if cl else 'NCHW'}", prec, cl, True, False))
+    if args.compile and cuda:
+        rows.append(("nbface bf16 channels-last compile", "bf16", True, True, True))
+    print(f"{'backbone':10s} {'loop':40s} {'img/s':>9s} {'x arcface':>9s} {'peak MiB':>9s}")
+    for name in backbones:
+        base = None
+        for label, prec, cl, grad, comp in rows:
+            rate, peak = time_config(
+                name, images, labels, args.num_classes, device, prec, cl, grad, comp, steps=steps
+            )
+            base = base or rate
+            print(f"{name:10s} {label:40s} {rate:9.1f} {rate / base:9.2f} {peak:9.0f}", flush=True)
+    if not cuda:
+        print("\nNo CUDA device: the GPU goal (>= 1.3x the arcface_torch loop) is not measured here.")
+
+
+if __name__ == "__main__":
+    main()
