@@ -363,3 +363,39 @@ def test_cell_timeout_names_the_cell(tmp_path):
     assert entry["status"] == "failed"
     assert entry["error"]["cell"] == 3 and entry["error"]["ename"] == "CellTimeoutError"
     assert "timed out" in entry["error"]["evalue"]
+
+
+# --------------------------------------------------------------------------- HTML without a kernel
+def test_math_in_markdown_becomes_svg_outside_code():
+    from nbfacelib.report.html import render_math
+
+    out = render_math(
+        "Loss $s\\cos(\\theta+m)$ costs $5 and $10; `x = $a$`\n\n$$\\|a-b\\|^2 = 2 - 2\\cos\\theta$$"
+    )
+    assert out.count("<img class='nbfacelib-math'") == 2
+    assert "alt='s\\cos(\\theta+m)'" in out and "text-align:center" in out  # inline + display
+    assert "costs $5 and $10" in out and "`x = $a$`" in out  # prices and code stay as they are
+    bad = "$\\begin{aligned}a\\end{aligned}$"
+    assert render_math(bad) == bad  # mathtext cannot draw it: the TeX stays readable
+
+
+def test_widget_views_are_dropped_from_html(tmp_path):
+    from nbformat.v4 import new_output
+
+    from nbfacelib.report.html import notebook_to_html
+
+    nb = new_notebook(cells=[new_markdown_cell("# w"), new_code_cell("interact(f, m=(0, 1))")])
+    nb.cells[1].outputs = [
+        new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2},
+                "text/plain": "interactive(children=(FloatSlider(value=0.5),))",
+            },
+        )
+    ]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    nbformat.write(nb, tmp_path / "w.ipynb")
+    page = notebook_to_html(tmp_path / "w.ipynb", tmp_path / "w.html").read_text()
+    assert external_script_sources(page) == [] and "unpkg" not in page
+    assert "widget-view+json" not in page and "FloatSlider(value=0.5)" in page  # text fallback kept

@@ -3,14 +3,19 @@
 nbconvert's ``lab`` template loads require.js, MathJax, mermaid and (for notebooks with
 widget state) the widget manager from CDNs. The template below extends ``lab`` and empties
 those blocks; plotly.js is embedded once by ``nbfacelib.viz.setup_notebook`` in the
-notebook's outputs, so a report opens with no network. The cost: LaTeX in markdown cells is
-shown as TeX source in the HTML (JupyterLab still renders it).
+notebook's outputs, so a report opens with no network. MathJax being gone, ``$...$`` and
+``$$...$$`` in markdown cells are drawn by matplotlib's mathtext into inline SVG images
+(alt text = the TeX); what mathtext cannot parse (e.g. ``\\begin{aligned}``) stays as TeX
+source. JupyterLab renders the same markdown with its own MathJax.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import functools
 import html
+import io
 import json
 import re
 from pathlib import Path
@@ -51,6 +56,47 @@ def _strip_widgets(nb: Any) -> Any:
     return nb
 
 
+_CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]+`)", re.S)
+_DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])")
+
+
+@functools.lru_cache(maxsize=1024)
+def _math_svg(tex: str, size: float) -> str | None:
+    """A data: URI of ``tex`` drawn by matplotlib mathtext, or None if mathtext cannot parse it."""
+    from matplotlib import mathtext
+    from matplotlib.font_manager import FontProperties
+
+    buf = io.BytesIO()
+    try:
+        mathtext.math_to_image(f"${tex}$", buf, prop=FontProperties(size=size), dpi=72, format="svg")
+    except Exception:
+        return None
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _math_img(tex: str, display: bool) -> str | None:
+    tex = " ".join(tex.split())
+    uri = _math_svg(tex, 17.0 if display else 14.0)
+    if uri is None:
+        return None
+    alt = html.escape(tex, quote=True)
+    if display:
+        return (
+            f"\n\n<p style='text-align:center'><img class='nbfacelib-math' src='{uri}' alt='{alt}'></p>\n\n"
+        )
+    return f"<img class='nbfacelib-math' style='vertical-align:middle' src='{uri}' alt='{alt}'>"
+
+
+def render_math(markdown: str) -> str:
+    """Replace ``$$...$$`` / ``$...$`` outside code with mathtext SVG images (see module doc)."""
+    parts = _CODE.split(markdown)
+    for i in range(0, len(parts), 2):  # even parts are outside code spans / blocks
+        text = _DISPLAY_MATH.sub(lambda m: _math_img(m.group(1), True) or m.group(0), parts[i])
+        parts[i] = _INLINE_MATH.sub(lambda m: _math_img(m.group(1), False) or m.group(0), text)
+    return "".join(parts)
+
+
 def notebook_to_html(notebook: str | Path, html_path: str | Path, title: str | None = None) -> Path:
     """Render an executed notebook to a self-contained offline HTML page."""
     import nbformat
@@ -59,6 +105,9 @@ def notebook_to_html(notebook: str | Path, html_path: str | Path, title: str | N
 
     notebook, html_path = Path(notebook), Path(html_path)
     nb = _strip_widgets(nbformat.read(notebook, as_version=4))
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "$" in cell.source:
+            cell.source = render_math(cell.source)
     exporter = HTMLExporter(
         template_name="lab",
         extra_loaders=[DictLoader({"nbfacelib_offline.html.j2": _OFFLINE_TEMPLATE})],
