@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "nbfacelib.commands.train",
     "nbfacelib.commands.export",
     "nbfacelib.commands.data",
+    "nbfacelib.commands.synth",
 ]
 
 

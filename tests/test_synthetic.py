@@ -1,0 +1,293 @@
+"""Synthetic faces: determinism, index independence, shapes, quality, occlusion, degradations, CLI."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nbfacelib.cli import main
+from nbfacelib.data import degrade
+from nbfacelib.data import synthetic as S
+from nbfacelib.data.synthetic import NUISANCE_KEYS, SyntheticFaces, quality_from_nuisances, render
+
+# Every degradation and pose term off: the output is the frontal face over its background.
+CLEAN = dict(
+    yaw=0.0, pitch=0.0, roll=0.0, shift_x=0.0, shift_y=0.0, scale=1.0, occluder=0.0,
+    blur_sigma=0.0, motion_length=0.0, noise_sigma=0.0, downsample=1.0, jpeg_quality=100.0,
+)  # fmt: skip
+
+
+def test_same_inputs_same_bytes_and_seed_matters():
+    ids, samples = torch.tensor([0, 5, 9, 5]), torch.tensor([0, 1, 2, 3])
+    a, na = render(ids, samples, seed=1)
+    S.BASE_CACHE.clear()  # a fresh render, not a cached base face
+    b, nb = render(ids, samples, seed=1)
+    assert a.dtype == torch.uint8 and torch.equal(a, b)
+    assert all(torch.equal(na[k], nb[k]) for k in NUISANCE_KEYS)
+    c, _ = render(ids, samples, seed=2)
+    assert not torch.equal(a, c)
+    d, _ = render(ids, samples + 10, seed=1)  # other samples of the same identities
+    assert not any(torch.equal(a[i], d[i]) for i in range(4))
+
+
+def test_index_renders_the_same_alone_or_in_any_batch():
+    ds = SyntheticFaces(40, 3, seed=7)
+    i = 100  # label 33, sample 1
+    alone, label = ds[i]
+    assert label == 33
+    # a batch larger than the CPU chunk, in a shuffled order, with the index in the middle
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    labels, samples = order // 3, order % 3
+    batch, n = ds.render_batch(labels, samples)
+    pos = int((order == i).nonzero())
+    assert torch.equal(batch[pos], alone)
+    assert ds.nuisances(i)["quality"] == pytest.approx(float(n["quality"][pos]))
+
+
+@pytest.mark.parametrize("size", [112, 160])
+def test_shapes_dtypes_and_recorded_nuisances(size):
+    ds = SyntheticFaces(4, 2, size=size, difficulty="hard", identity_offset=10)
+    x, y = ds[7]
+    assert x.shape == (3, size, size) and x.dtype == torch.uint8 and y == 3
+    assert len(ds) == 8 and ds.num_classes == 4
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    imgs, n = ds.render_batch(torch.tensor([0, 3]), torch.tensor([5, 0]))
+    assert imgs.shape == (2, 3, size, size)
+    assert set(NUISANCE_KEYS) <= set(n) and all(n[k].shape == (2,) for k in NUISANCE_KEYS)
+    assert set(ds.nuisances(0)) == set(NUISANCE_KEYS)
+    # offset: label 3 of this set is absolute identity 13
+    assert torch.equal(
+        imgs[1], render(torch.tensor([13]), torch.tensor([0]), size=size, difficulty="hard")[0][0]
+    )
+
+
+def test_batches_iterator():
+    ds = SyntheticFaces(5, 4)
+    got = list(ds.batches(6, steps=2, seed=3))
+    assert len(got) == 2
+    for images, labels in got:
+        assert images.shape == (6, 3, 112, 112) and images.dtype == torch.uint8
+        assert labels.dtype == torch.int64 and 0 <= int(labels.min()) and int(labels.max()) < 5
+    again = next(iter(ds.batches(6, steps=1, seed=3)))
+    assert torch.equal(again[0], got[0][0]) and torch.equal(again[1], got[0][1])
+
+
+def _neutral(**kw):
+    n = {k: torch.zeros(1) for k in NUISANCE_KEYS}
+    n.update(
+        scale=torch.ones(1),
+        exposure=torch.ones(1),
+        downsample=torch.ones(1),
+        jpeg_quality=torch.full((1,), 100.0),
+    )
+    n.update(cast_r=torch.ones(1), cast_g=torch.ones(1), cast_b=torch.ones(1))
+    n.update({k: torch.tensor([float(v)]) for k, v in kw.items()})
+    return n
+
+
+@pytest.mark.parametrize(
+    "key, values",
+    [
+        ("blur_sigma", [0, 0.5, 1, 2, 4]),
+        ("motion_length", [0, 3, 6, 12]),
+        ("occluded", [0, 0.1, 0.3, 0.6, 1.0]),
+        ("jpeg_quality", [100, 80, 50, 20, 5]),
+        ("noise_sigma", [0, 5, 10, 30]),
+        ("downsample", [1, 1.5, 2, 4]),
+        ("yaw", [0, 10, -30, 60]),
+        ("light_strength", [0, 0.3, 1.0]),
+        ("eyes_closed", [0, 0.5, 1]),
+    ],
+)
+def test_quality_formula_is_monotone_in_each_degradation(key, values):
+    base = dict(light_angle=60.0) if key == "light_strength" else {}
+    q = [float(quality_from_nuisances(_neutral(**base, **{key: v}))) for v in values]
+    assert q[0] <= 1.0 and q[-1] >= 0.0
+    assert all(a > b for a, b in zip(q, q[1:])), (key, q)
+    assert float(quality_from_nuisances(_neutral())) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rendered_quality_in_range_and_tied_to_the_nuisances():
+    ids, samples = torch.arange(24) % 6, torch.arange(24)
+    _, n = render(ids, samples, difficulty="hard")
+    q = n["quality"]
+    assert float(q.min()) >= 0 and float(q.max()) <= 1 and float(q.std()) > 0.01
+    # Holding everything else fixed, more blur / lower JPEG quality / an occluder lower it.
+    ids8, s8 = torch.arange(8), torch.zeros(8, dtype=torch.long)
+    q_sharp = render(ids8, s8, overrides={"blur_sigma": 0.0})[1]["quality"]
+    q_blur = render(ids8, s8, overrides={"blur_sigma": 2.0})[1]["quality"]
+    assert bool((q_blur < q_sharp).all())
+    q_hi = render(ids8, s8, overrides={"jpeg_quality": 90.0})[1]["quality"]
+    q_lo = render(ids8, s8, overrides={"jpeg_quality": 20.0})[1]["quality"]
+    assert bool((q_lo < q_hi).all())
+    q_free = render(ids8, s8, overrides={"occluder": 0.0})[1]["quality"]
+    q_mask = render(ids8, s8, overrides={"occluder": 3.0})[1]["quality"]  # medical mask
+    assert bool((q_mask < q_free).all())
+
+
+def test_blur_actually_removes_detail():
+    ids, s = torch.arange(4), torch.zeros(4, dtype=torch.long)
+    sharp = render(ids, s, overrides=CLEAN)[0].float()
+    blurred = render(ids, s, overrides={**CLEAN, "blur_sigma": 2.0})[0].float()
+
+    def detail(x):
+        return (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 2, 3))
+
+    assert bool((detail(blurred) < 0.7 * detail(sharp)).all())
+
+
+@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+def test_occluded_fraction_matches_the_mask(kind):
+    ids, s = torch.arange(6), torch.arange(6)
+    free, _ = render(ids, s, overrides=CLEAN)
+    occ, n = render(ids, s, overrides={**CLEAN, "occluder": float(kind)}, return_masks=True)
+    mask, face = n["occluder_mask"], n["face_mask"]
+    frac = (mask * face).sum((1, 2)) / face.sum((1, 2))
+    assert torch.allclose(n["occluded"], frac, atol=1e-6)
+    assert bool((n["occluded"] > 0.005).all()) and bool((n["occluded"] < 0.9).all())
+    # With pose and degradations off the face frame is the image frame: pixels change under
+    # the occluder and only near it (lighting is per pixel, so it cannot leak).
+    changed = (occ.int() - free.int()).abs().amax(1) > 0
+    near = torch.nn.functional.max_pool2d(mask[:, None], 3, 1, 1)[:, 0] > 0
+    assert not bool((changed & ~near).any())
+    solid = mask > 0.99
+    assert float(changed[solid].float().mean()) > 0.9
+    no_occ = render(ids, s, overrides={**CLEAN, "occluder": 0.0})[1]["occluded"]
+    assert bool((no_occ == 0).all())
+
+
+def test_near_twins_are_closer_than_strangers():
+    parents = S.twin_parent(torch.arange(400), seed=0)
+    kids = (parents >= 0).nonzero().flatten()[:10]
+    assert 0.1 < (parents >= 0).float().mean() * 2 < 0.4  # about TWIN_FRACTION of pairs
+    pa = parents[kids]
+    s = torch.zeros(len(kids), dtype=torch.long)
+    a = render(kids, s, overrides=CLEAN)[0].float()
+    b = render(pa, s, overrides=CLEAN)[0].float()
+    c = render(pa.roll(1), s, overrides=CLEAN)[0].float()
+    # compare faces, not backgrounds: the centre crop
+    d_twin = (a - b)[..., 30:100, 25:87].abs().mean((1, 2, 3))
+    d_other = (a - c)[..., 30:100, 25:87].abs().mean((1, 2, 3))
+    assert float(d_twin.median()) < 0.6 * float(d_other.median())
+
+
+def test_bad_parameters_name_the_parameter():
+    with pytest.raises(ValueError, match="difficulty"):
+        SyntheticFaces(3, 2, difficulty="x")
+    with pytest.raises(ValueError, match="size"):
+        SyntheticFaces(3, 2, size=128)
+    with pytest.raises(ValueError, match="num_identities"):
+        SyntheticFaces(0, 2)
+    with pytest.raises(ValueError, match="per_identity"):
+        SyntheticFaces(2, -1)
+    with pytest.raises(ValueError, match="identity_offset"):
+        SyntheticFaces(2, 2, identity_offset=-3)
+    with pytest.raises(ValueError, match="overrides"):
+        render(torch.tensor([0]), torch.tensor([0]), overrides={"quality": 1.0})
+    with pytest.raises(IndexError):
+        SyntheticFaces(2, 2)[4]
+    with pytest.raises(IndexError):
+        SyntheticFaces(2, 2).render_batch(torch.tensor([2]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--ids", "0", "--per-id", "2"], "--ids"),
+        (["--ids", "2", "--per-id", "0"], "--per-id"),
+        (["--ids", "2", "--per-id", "2", "--difficulty", "x"], "--difficulty"),
+        (["--ids", "2", "--per-id", "2", "--size", "128"], "--size"),
+        (["--ids", "2", "--per-id", "2", "--format", "tar"], "--format"),
+    ],
+)
+def test_cli_bad_parameters(tmp_path, capsys, argv, flag):
+    assert main(["synth", *argv, "--out", str(tmp_path / "o")]) == 1
+    assert flag in capsys.readouterr().err
+
+
+def test_cli_writes_folders_and_csv(tmp_path):
+    out = tmp_path / "syn"
+    assert (
+        main(["synth", "--ids", "3", "--per-id", "2", "--seed", "4", "--out", str(out), "--offset", "5"]) == 0
+    )
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["0000005", "0000006", "0000007"]
+    with open(out / "images.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6
+    assert set(["path", "identity", "label", "sample", *NUISANCE_KEYS]) <= set(rows[0])
+    ds = SyntheticFaces(3, 2, seed=4, identity_offset=5)
+    for i, row in enumerate(rows):
+        png = np.array(Image.open(out / row["path"]))
+        assert np.array_equal(png, ds[i][0].permute(1, 2, 0).numpy())  # lossless
+        assert int(row["identity"]) == 5 + i // 2 and int(row["label"]) == i // 2
+        assert float(row["quality"]) == pytest.approx(ds.nuisances(i)["quality"], rel=1e-4)
+    # a second run into the same directory needs --overwrite
+    assert main(["synth", "--ids", "1", "--per-id", "1", "--out", str(out)]) == 1
+
+
+def test_cli_writes_recordio(tmp_path):
+    recordio = pytest.importorskip("nbfacelib.data.recordio")
+    out = tmp_path / "rec"
+    assert main(["synth", "--ids", "2", "--per-id", "3", "--out", str(out), "--format", "rec"]) == 0
+    assert (out / "train.rec").is_file() and (out / "train.idx").is_file()
+    with open(out / "images.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    if hasattr(recordio, "RecDataset"):
+        ds = recordio.RecDataset(out)
+        assert len(ds) == 6 and sorted({int(ds[i][1]) for i in range(6)}) == [0, 1]
+
+
+def test_cli_preview(tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["synth", "--preview", "--out", str(out), "--ids", "3", "--per-id", "2"]) == 0
+    im = Image.open(out)
+    assert im.width > 2 * 112 and im.height > 3 * 112
+
+
+# ---- degradations -------------------------------------------------------------------------
+
+
+def test_jpeg_matches_libjpeg():
+    ids = torch.arange(4)
+    img = render(ids, torch.zeros(4, dtype=torch.long), overrides=CLEAN)[0]
+    for q in (15, 60):
+        mine = degrade.jpeg(img.float() / 255, torch.full((4,), float(q))) * 255
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.fromarray(img[i].permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=q)
+            ref = torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1).float()
+            mse = float(((mine[i] - ref) ** 2).mean())
+            assert 10 * np.log10(255**2 / mse) > 36  # same codec up to integer-DCT rounding
+    same = degrade.jpeg(img.float() / 255, torch.full((4,), 100.0))
+    assert torch.equal(same, img.float() / 255)
+
+
+def test_blur_kernels_and_identities():
+    k = degrade.blur_kernels(
+        torch.tensor([1.0, 0.0]), torch.tensor([0.0, 8.0]), torch.tensor([0.0, 90.0]), 17
+    )
+    assert torch.allclose(k.sum((1, 2)), torch.ones(2))
+    r = torch.arange(17.0) - 8
+    var_x = (k[0].sum(0) * r**2).sum()
+    assert float(var_x) == pytest.approx(1.0, abs=0.02)  # gaussian std 1
+    var_y = (k[1].sum(1) * r**2).sum()
+    assert float(var_y) == pytest.approx(64 / 12 + 0.25, abs=0.1)  # vertical box of 8 + 0.5 px aa
+    x = torch.rand(3, 3, 112, 112)
+    zero = torch.zeros(3)
+    assert torch.equal(degrade.blur(x, zero, zero, zero), x)
+    assert torch.equal(degrade.downsample(x, torch.ones(3)), x)
+    # per-image: only the second image changes
+    y = degrade.blur(x, torch.tensor([0.0, 1.5, 0.0]))
+    assert torch.equal(y[0], x[0]) and not torch.equal(y[1], x[1]) and torch.equal(y[2], x[2])
+    # a large kernel (FFT route) and a small one (conv route) agree on a smooth image
+    smooth = torch.nn.functional.avg_pool2d(x, 9, 1, 4)
+    a = degrade.blur(smooth, torch.tensor([2.0] * 3), torch.tensor([6.0] * 3), torch.tensor([30.0] * 3))
+    kk = degrade.blur_kernels(torch.tensor([2.0]), torch.tensor([6.0]), torch.tensor([30.0]), 33)[0]
+    b = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(smooth, (16,) * 4, mode="reflect"), kk.expand(3, 1, 33, 33), groups=3
+    )
+    assert float((a - b)[..., 20:-20, 20:-20].abs().max()) < 2e-3
