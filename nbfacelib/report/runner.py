@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -107,6 +108,19 @@ def check_parameters(nb: Any, parameters: dict[str, Any]) -> None:
             f"unknown parameter(s) {', '.join(unknown)} (from presets.yaml or -p); "
             f"its parameters cell sets: {', '.join(sorted(names))}"
         )
+
+
+class _ParameterParsingNoise(logging.Filter):
+    """papermill's line-based parameter parser warns on ``x = {}  # e.g. s=64`` and then calls
+    the parameter unknown; ``check_parameters`` (an AST parse) already decided, so drop both."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith(("Unable to parse line", "Passed unknown parameter"))
+
+
+for _name in ("papermill", "papermill.translators"):
+    logging.getLogger(_name).addFilter(_ParameterParsingNoise())
 
 
 # --------------------------------------------------------------------------- kernel
