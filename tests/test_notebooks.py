@@ -83,8 +83,13 @@ def test_presets_and_bounds_name_existing_notebooks():
     ]:
         stray = set(block) - names
         assert not stray, f"{source} names notebooks that do not exist: {sorted(stray)}"
-    for name in names & set(load_notebook_presets()):
-        missing = set(PRESETS) - set(load_notebook_presets()[name])
+    presets = load_notebook_presets()
+    for name in sorted(names):
+        # without an entry every preset would silently run the parameters cell's defaults
+        assert name in presets, (
+            f"nbfacelib/presets.yaml has no notebooks.{name} entry (smoke, cpu, gpu, paper)"
+        )
+        missing = set(PRESETS) - set(presets[name])
         assert not missing, f"presets.yaml notebooks.{name} lacks presets {sorted(missing)}"
 
 
