@@ -284,3 +284,25 @@ def test_smoke_end_to_end_cli(tmp_path):
     assert cfg["preset"] == "smoke" and cfg["steps"] == 30 and cfg["input_size"] == 48
     model = load_backbone(out)
     assert model(torch.zeros(2, 3, 48, 48)).shape == (2, cfg["embedding_size"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_then_resume_on_one(tmp_path):
+    """DDP backbone + sharded Partial FC on 2 CPU ranks; the checkpoint (full centres) resumes
+    on a single process with more steps."""
+    from nbfacelib.train import fit
+
+    out = tmp_path / "ddp"
+    cfg = tiny(out, steps=4, ckpt_every=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "nbfacelib", "train"]
+    cmd += ["--preset", "smoke", "--out", str(out), "--no-progress", "--device", "cpu", "--val", ""]
+    for key in ("steps", "batch_size", "input_size", "embedding_size", "data", "warmup_steps", "ckpt_every"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = ckpt_io.load(out / "last.ckpt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["classifier"]["weight"].shape == (16, 32)  # full, gathered centres
+    result = fit(cfg.replace(steps=6, resume=True))
+    assert (result["start_step"], result["steps"], result["world_size"]) == (4, 6, 1)

@@ -80,7 +80,8 @@ def run(args) -> int:
         result = fit(cfg)
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None
-    summary = {k: result[k] for k in ("steps", "first_loss", "final_loss", "skipped_steps", "out")}
-    summary.update(result["eval"])
-    print(json.dumps(summary, indent=1))
+    if result["rank"] == 0:
+        summary = {k: result[k] for k in ("steps", "first_loss", "final_loss", "skipped_steps", "out")}
+        summary.update(result["eval"])
+        print(json.dumps(summary, indent=1))
     return 0

@@ -36,7 +36,7 @@ from torch import nn
 from nbfacelib.train import checkpoint as ckpt_io
 from nbfacelib.train.config import TrainConfig
 from nbfacelib.train.data import TrainBatches, build_val_sets
-from nbfacelib.train.schedule import build_scheduler
+from nbfacelib.train.schedule import WarmupDecay, build_scheduler
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,7 +57,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     cfg = config.replace(**overrides) if overrides else config
 
     # --- devices, processes, determinism ---------------------------------------------------
-    dist.init_distributed()
+    owns_group = not dist.is_distributed() and dist.init_distributed()  # torchrun: set up here
     rank, world = dist.rank(), dist.world_size()
     device = _resolve_device(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -125,6 +125,12 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         pfc.load_full_state_dict(state["classifier"])
         optimizer.load_state_dict(_optimizer_state_for_rank(state["optimizer"], pfc))
         scheduler.load_state_dict(state["scheduler"])
+        # the schedule follows *this* config (a resumed run may be given more steps): same
+        # factor function, re-evaluated at the restored step
+        factor = WarmupDecay(total_steps, cfg.warmup_steps, cfg.schedule, cfg.poly_power, cfg.min_lr_ratio)
+        scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
         scaler.load_state_dict(state["scaler"])
         ckpt_io.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         step, skipped = int(state["step"]), int(state["skipped_steps"])
@@ -258,6 +264,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         save_backbone(backbone, cfg, out)
     if dist.is_distributed():
         torch.distributed.barrier()
+    if owns_group:
+        dist.cleanup_distributed()
     return {
         "steps": step,
         "start_step": start_step,
@@ -268,6 +276,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         "channels_last": channels_last,
         "device": str(device),
         "world_size": world,
+        "rank": rank,
         "num_classes": data.num_classes,
         "eval": eval_results,
         "out": str(out),
