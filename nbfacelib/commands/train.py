@@ -32,6 +32,12 @@ HELP = {
     "inject_nan_steps": argparse.SUPPRESS,
 }
 
+CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("poly", "cosine"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -40,7 +46,12 @@ def _flag(name: str) -> str:
 def register(subparsers) -> None:
     from nbfacelib.train.config import TrainConfig
 
-    p = subparsers.add_parser("train", help="train a face-recognition backbone", description=__doc__)
+    p = subparsers.add_parser(
+        "train",
+        help="train a face-recognition backbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="auto", help=HELP["preset"] + " (default: auto)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -63,7 +74,7 @@ def register(subparsers) -> None:
         elif typing.get_origin(kind) is dict:
             p.add_argument(_flag(f.name), type=json.loads, default=None, help=text + " (JSON object)")
         else:
-            p.add_argument(_flag(f.name), type=str, default=None, help=text)
+            p.add_argument(_flag(f.name), type=str, default=None, choices=CHOICES.get(f.name), help=text)
     p.set_defaults(func=run)
 
 
