@@ -36,6 +36,12 @@ def register(subparsers) -> None:
         help=f"write a contact sheet (8 identities incl. near twins x 8 samples) to --out "
         f"(default {PREVIEW_DEFAULT})",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="print the raw-pixel baseline (PCA on pixels, cosine) on held-out identities at "
+        "--difficulty (nbfacelib.eval.baseline.calibrate)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -58,6 +64,11 @@ def _check(args) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
+    if args.calibrate:
+        from nbfacelib.eval.baseline import calibrate, format_calibration
+
+        print(format_calibration(calibrate(args.difficulty, seed=args.seed, size=args.size)))
+        return 0
     if args.preview:
         out = write_preview(
             args.out or PREVIEW_DEFAULT,

@@ -522,8 +522,7 @@ def _draw_mouth(canvas, p, n, size):
     _blend(sub, teeth * 0.9, torch.tensor([[0.9, 0.88, 0.8]], device=X.device).expand_as(p["lip"]))
     # Smile lines at the mouth corners.
     crease = torch.exp(-((X.abs() - mw * 1.15) ** 2) / (2 * 0.01**2)) * (Y - yc).abs().lt(0.07).float()
-    _blend(sub, crease * 0.3 * sm, p["skin"] * 0.6)
-    canvas[:, :, rs, cs] = sub
+    _blend(sub, crease * 0.3 * sm, p["skin"] * 0.6)  # ``sub`` is a view: canvas is updated
 
 
 def _draw_eyelids(canvas, p, n, size):
@@ -531,7 +530,7 @@ def _draw_eyelids(canvas, p, n, size):
     if idx.numel() == 0:
         return
     (rs, cs), X, Y = _region(size, -0.75, 0.75, -0.45, 0.25, canvas.device)
-    sub = canvas[idx][:, :, rs, cs]
+    sub = canvas[:, :, rs, cs][idx]
     q = {k: v[idx] for k, v in p.items()}
     px = 2.0 / size
     ex = X.abs() - _v(q["eye_dx"])

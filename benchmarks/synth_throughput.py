@@ -1,0 +1,213 @@
+"""Synthetic-face rendering throughput vs decoding the same number of 112x112 JPEGs with PIL.
+
+    python benchmarks/synth_throughput.py [--quick] [--n 2048] [--device cuda] [--stages]
+
+Baseline, in the same run: what a disk-backed pipeline does per image (PIL decode of a
+112x112 JPEG to a uint8 tensor). ``warm`` = the identities' frontal faces are in the LRU cache
+(every epoch after the first with <= a few thousand identities); ``cold`` = every identity is
+new (e.g. Partial FC with a million classes), so the base face is drawn too. ``--stages``
+prints where the time goes (CPU time per image of each rendering stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average {load:.2f} at start"
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Renderer:
+    """Renders batches of ``batch`` faces; ``warm``: 1000 identities whose frontal faces are
+    cached; cold: a new identity for every image."""
+
+    def __init__(self, batch: int, device: torch.device, size: int, difficulty: str, warm: bool):
+        from nbfacelib.data import synthetic as S
+
+        self.S, self.batch, self.device, self.size, self.difficulty, self.warm = (
+            S,
+            batch,
+            device,
+            size,
+            difficulty,
+            warm,
+        )
+        self.g = torch.Generator().manual_seed(0)
+        self.next_id = 10**6
+        S.BASE_CACHE.clear()
+        if warm:
+            for i in range(0, 1000, batch):
+                ids = torch.arange(i, min(i + batch, 1000))
+                S.render(ids, torch.zeros_like(ids), size=size, difficulty=difficulty, device=device)
+
+    def __call__(self) -> float:
+        b = self.batch
+        if self.warm:
+            ids = torch.randint(1000, (b,), generator=self.g)
+        else:
+            ids = torch.arange(self.next_id, self.next_id + b)
+            self.next_id += b
+        samples = torch.randint(10**6, (b,), generator=self.g)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.S.render(ids, samples, size=self.size, difficulty=self.difficulty, device=self.device)
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+
+class Decoder:
+    """Decodes ``batch`` 112x112 JPEGs (rendered faces saved at quality 90) to uint8 tensors,
+    as a disk-backed DataLoader does per image."""
+
+    def __init__(self, batch: int, size: int):
+        from PIL import Image
+
+        from nbfacelib.data.synthetic import render
+
+        self.Image, self.batch = Image, batch
+        imgs, _ = render(torch.arange(64), torch.zeros(64, dtype=torch.long), size=size)
+        self.blobs = []
+        for im in imgs.permute(0, 2, 3, 1).numpy():
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, "JPEG", quality=90)
+            self.blobs.append(buf.getvalue())
+
+    def __call__(self) -> float:
+        t0 = time.perf_counter()
+        for i in range(self.batch):
+            a = np.array(self.Image.open(io.BytesIO(self.blobs[i % 64])).convert("RGB"))
+            torch.from_numpy(a).permute(2, 0, 1).contiguous()
+        return time.perf_counter() - t0
+
+
+def interleaved(jobs: dict, rounds: int) -> dict[str, float]:
+    """Run the jobs in turn, round after round, so that a machine shared with other work
+    slows them alike; returns images/s of each (total images / total seconds)."""
+    spent = dict.fromkeys(jobs, 0.0)
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            spent[name] += job()
+    return {name: rounds * jobs[name].batch / t for name, t in spent.items()}
+
+
+def stages(batch: int, size: int, difficulty: str, reps: int = 5) -> list[tuple[str, float]]:
+    """CPU milliseconds per image of each stage of ``synthetic._render_chunk`` (warm cache)."""
+    import torch.nn.functional as F
+
+    from nbfacelib.data import degrade
+    from nbfacelib.data import synthetic as S
+
+    dev = torch.device("cpu")
+    g = torch.Generator().manual_seed(1)
+    S.render(torch.arange(500), torch.zeros(500, dtype=torch.long), size=size)
+    T: dict[str, float] = {}
+    clock = [time.process_time()]
+
+    def tick(name):
+        c = time.process_time()
+        T[name] = T.get(name, 0.0) + c - clock[0]
+        clock[0] = c
+
+    for _ in range(reps):
+        ids, samples = torch.randint(500, (batch,), generator=g), torch.randint(10**6, (batch,), generator=g)
+        clock[0] = time.process_time()
+        n = S.sample_nuisances(0, ids, samples, difficulty)
+        p = S.identity_params(ids, 0)
+        tick("hash nuisances + identity params")
+        canon = S._base_faces(0, ids, size, dev)
+        tick("base faces (cache lookup)")
+        S._draw_mouth(canon, p, n, size)
+        S._draw_eyelids(canon, p, n, size)
+        tick("expression overlays")
+        occ = S._draw_occluders(canon, p, n, size)
+        n["occluded"] = (occ * canon[:, 4]).sum((1, 2)) / canon[:, 4].sum((1, 2))
+        tick("occluders + occluded fraction")
+        rgba = F.grid_sample(canon[:, :4], S._pose_grid(n, size, dev), align_corners=False)
+        tick("pose grid + grid_sample")
+        gain = torch.stack([n["cast_r"], n["cast_g"], n["cast_b"]], 1) * n["exposure"][:, None]
+        img = (rgba[:, :3] * S._lighting(n, size, dev)).mul_(gain[:, :, None, None])
+        img.addcmul_(1 - rgba[:, 3:4], S._background(n, size, dev, gain))
+        tick("lighting + background")
+        k = size / 112
+        img = degrade.blur(img, n["blur_sigma"] * k, n["motion_length"] * k, n["motion_angle"], inplace=True)
+        tick("blur")
+        img = degrade.downsample(img, n["downsample"], inplace=True)
+        tick("down-sampling")
+        idx = (n["noise_sigma"] > 0).nonzero().flatten()
+        img.index_copy_(
+            0, idx, degrade.add_noise(img[idx], n["noise_sigma"][idx], S._noise(n["_u"][idx], size, dev))
+        )
+        tick("noise")
+        img = degrade.jpeg(img.clamp_(0, 1), n["jpeg_quality"], inplace=True)
+        tick("jpeg")
+        img.mul_(255).round_().to(torch.uint8)
+        S.quality_from_nuisances(n)
+        tick("uint8 + quality")
+    return [(k, v / reps / batch * 1e3) for k, v in T.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small N (CI smoke)")
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=112, choices=(112, 160))
+    ap.add_argument("--difficulty", default="medium")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stages", action="store_true", help="also print the per-stage CPU profile")
+    args = ap.parse_args()
+    n = 256 if args.quick else args.n
+    device = torch.device(args.device)
+    print(f"machine: {machine()}; device {device}")
+    rounds = max(1, n // args.batch_size)
+    jobs = {
+        "render, warm cache": Renderer(args.batch_size, device, args.size, args.difficulty, warm=True),
+        "PIL JPEG decode": Decoder(args.batch_size, args.size),
+    }
+    interleaved(jobs, 1)  # warm-up
+    rates = interleaved(jobs, rounds)
+    cold = interleaved(
+        {"c": Renderer(args.batch_size, device, args.size, args.difficulty, warm=False)}, max(1, rounds // 4)
+    )
+    pil = rates["PIL JPEG decode"]
+    print(
+        f"N = {rounds * args.batch_size} images {args.size}x{args.size}, {args.difficulty}, "
+        f"batch {args.batch_size}"
+    )
+    for name, r in rates.items():
+        print(f"{name:22s}: {r:8.0f} images/s")
+    print(f"{'render, cold (new ids)':22s}: {cold['c']:8.0f} images/s (not interleaved)")
+    print(f"ratio render/decode   : {rates['render, warm cache'] / pil:.2f}x")
+    if args.stages:
+        print("CPU ms per image by stage (1 batch of 64, warm cache):")
+        rows = stages(64, args.size, args.difficulty)
+        for name, ms in rows:
+            print(f"  {name:34s} {ms:6.3f}")
+        print(f"  {'total':34s} {sum(ms for _, ms in rows):6.3f}")
+
+
+if __name__ == "__main__":
+    main()
