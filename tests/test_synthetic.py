@@ -291,3 +291,17 @@ def test_blur_kernels_and_identities():
         torch.nn.functional.pad(smooth, (16,) * 4, mode="reflect"), kk.expand(3, 1, 33, 33), groups=3
     )
     assert float((a - b)[..., 20:-20, 20:-20].abs().max()) < 2e-3
+
+
+def test_calibrate_returns_the_numbers():
+    from nbfacelib.eval.baseline import calibrate, format_calibration
+
+    r = calibrate("easy", train_ids=20, test_ids=30, pairs=200, per_id=4, components=20)
+    assert 0.5 < r["accuracy"] <= 1 and 0 <= r["accuracy_std"] < 0.5
+    assert len(r["tercile_accuracy"]) == 3 and sum(r["tercile_pairs"]) == r["n_pairs"] == 200
+    lo, mid, hi = r["tercile_quality"]
+    assert lo <= mid <= hi
+    assert r["n_train_images"] == 80 and r["n_test_images"] == 120 and r["seconds"] > 0
+    assert "accuracy" in format_calibration(r)
+    with pytest.raises(ValueError, match="pairs"):
+        calibrate(pairs=1)

@@ -103,9 +103,9 @@ def blur(
     need = (sigma > 0) | (length > 0)
     if not bool(need.any()):
         return out
-    # Kernel support: 3 std either side plus half the motion; images are bucketed by it so a
-    # light blur does not pay for the heaviest one in the batch.
-    half = torch.ceil(3 * sigma.clamp(min=0.5) + length / 2)
+    # Kernel support: 2.5 std either side (98.8% of the mass) plus half the motion; images are
+    # bucketed by it so a light blur does not pay for the heaviest one in the batch.
+    half = torch.ceil(2.5 * sigma.clamp(min=0.5) + length / 2)
     ks = torch.tensor(_KSIZES, device=images.device)
     bucket = torch.bucketize(2 * half + 1, ks).clamp(max=len(_KSIZES) - 1)
     for b in torch.unique(bucket[need]).tolist():
