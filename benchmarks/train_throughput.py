@@ -147,7 +147,8 @@ def main() -> None:
                 name, images, labels, args.num_classes, device, prec, cl, grad, comp, steps=steps
             )
             base = base or rate
-            print(f"{name:10s} {label:40s} {rate:9.1f} {rate / base:9.2f} {peak:9.0f}", flush=True)
+            mem = f"{peak:9.0f}" if cuda else f"{'n/a':>9s}"  # CPU: no per-row allocator peak
+            print(f"{name:10s} {label:40s} {rate:9.1f} {rate / base:9.2f} {mem}", flush=True)
     if not cuda:
         print("\nNo CUDA device: the GPU goal (>= 1.3x the arcface_torch loop) is not measured here.")
 
