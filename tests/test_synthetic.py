@@ -73,6 +73,11 @@ def test_batches_iterator():
         assert labels.dtype == torch.int64 and 0 <= int(labels.min()) and int(labels.max()) < 5
     again = next(iter(ds.batches(6, steps=1, seed=3)))
     assert torch.equal(again[0], got[0][0]) and torch.equal(again[1], got[0][1])
+    ahead = list(ds.batches(6, steps=2, seed=3, prefetch=2))  # background thread, same batches
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ahead, got))
+    it = ds.batches(6, seed=3, prefetch=1)  # endless; stopping early must not hang
+    assert torch.equal(next(it)[0], got[0][0])
+    it.close()
 
 
 def _neutral(**kw):

@@ -30,6 +30,7 @@ one per nuisance, each non-increasing in its degradation.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -973,12 +974,54 @@ class SyntheticFaces(torch.utils.data.Dataset):
         device: torch.device | str | None = None,
         seed: int = 0,
         steps: int | None = None,
+        prefetch: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images on ``device``, int64 labels on ``device``) batches of indices
         drawn uniformly with replacement (reproducible from ``seed``), ``steps`` times or
-        forever; for training loops that skip DataLoader."""
+        forever; for training loops that skip DataLoader. ``prefetch`` > 0 renders up to that
+        many batches ahead in a background thread (torch releases the GIL, so rendering
+        overlaps the training step); the batches are the same either way."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected >= 1")
+        if steps is not None and steps < 0:
+            raise ValueError(f"steps={steps!r}: expected >= 0 or None")
+        gen = self._batches(batch_size, device, seed, steps)
+        if prefetch <= 0:
+            yield from gen
+            return
+        q: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def produce():
+            try:
+                for item in gen:
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(done)
+            except BaseException as exc:  # hand the error to the consumer
+                q.put(exc)
+
+        worker = threading.Thread(target=produce, name="SyntheticFaces.batches", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _batches(self, batch_size, device, seed, steps):
         g = torch.Generator().manual_seed(int(seed))
         step = 0
         while steps is None or step < steps:
