@@ -222,13 +222,13 @@ def _soft(d: torch.Tensor, px: float) -> torch.Tensor:
 
 
 def _blend(canvas: torch.Tensor, alpha: torch.Tensor, colour: torch.Tensor) -> None:
-    """In-place 'over' onto premultiplied RGBA ``canvas`` (B, 4+, h, w). alpha (B, h, w);
-    colour (B, 3) or (B, 3, h, w)."""
-    a = alpha.unsqueeze(1)
+    """In-place 'over' onto premultiplied RGBA ``canvas`` (B, 4+, h, w): C <- C + a (c - C),
+    A <- A + a (1 - A), as one fused ``lerp_``. alpha (B, h, w); colour (B, 3) or (B, 3, h, w)."""
     if colour.dim() == 2:
-        colour = colour[:, :, None, None]
-    canvas[:, :3].mul_(1 - a).add_(a * colour)
-    canvas[:, 3:4].mul_(1 - a).add_(a)
+        target = torch.cat([colour, torch.ones_like(colour[:, :1])], 1)[:, :, None, None]
+    else:
+        target = torch.cat([colour, torch.ones_like(colour[:, :1])], 1)
+    canvas[:, :4].lerp_(target, alpha.unsqueeze(1))
 
 
 def _grid(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
