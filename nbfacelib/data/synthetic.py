@@ -20,8 +20,10 @@ identities of a batch, as premultiplied RGBA plus a face mask, and kept in an LR
 drawn as small overlays in the face's own frame, one ``grid_sample`` applies pose (a depth
 map of an ellipsoid with a nose makes yaw/pitch move the nose more than the cheeks) and
 alignment jitter, then background, a Lambertian light field, colour cast, and the
-degradations of :mod:`nbfacelib.data.degrade` (blur by FFT, down-sampling, noise from a
-fixed bank shifted per image, JPEG by batched DCT), each run only on the images that need it.
+degradations of :mod:`nbfacelib.data.degrade` (blur with per-image kernels, down-sampling,
+noise from a fixed bank shifted per image, JPEG by batched DCT), each run only on the images
+that need it. Bytes are reproducible on a given device type (tested on CPU); a GPU renders
+the same faces and nuisances up to float rounding.
 
 Ground-truth quality (see :func:`quality_from_nuisances`) is a product of factors in (0, 1],
 one per nuisance, each non-increasing in its degradation.
@@ -30,6 +32,7 @@ one per nuisance, each non-increasing in its degradation.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections import OrderedDict
@@ -734,7 +737,10 @@ class _LRU:
             self.bytes = 0
 
 
-BASE_CACHE = _LRU(max_bytes=256 << 20)  # uint8 (5, S, S) per identity: 62 KB at 112
+# uint8 (5, S, S) per identity: 62 KB at 112, so the default 256 MB holds ~4,000 identities
+# (2,000 at 160). Raise it (env NBFACELIB_SYNTH_CACHE_MB, or BASE_CACHE.max_bytes) when
+# training on more identities, or every batch pays for drawing its frontal faces again.
+BASE_CACHE = _LRU(max_bytes=int(os.environ.get("NBFACELIB_SYNTH_CACHE_MB", "256")) << 20)
 
 
 def _base_faces(seed: int, identities: torch.Tensor, size: int, device) -> torch.Tensor:
