@@ -310,3 +310,18 @@ def test_calibrate_returns_the_numbers():
     assert "accuracy" in format_calibration(r)
     with pytest.raises(ValueError, match="pairs"):
         calibrate(pairs=1)
+
+
+@pytest.mark.gpu
+def test_renders_on_cuda_like_on_cpu():
+    ds = SyntheticFaces(20, 4, seed=5)
+    labels, samples = torch.arange(20).repeat_interleave(4), torch.arange(4).repeat(20)
+    gpu, ng = ds.render_batch(labels, samples, device="cuda")
+    cpu, nc = ds.render_batch(labels, samples)
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8 and gpu.shape == cpu.shape
+    for k in NUISANCE_KEYS:  # the same draws; derived values up to float rounding
+        assert torch.allclose(ng[k].cpu(), nc[k], rtol=1e-4, atol=1e-4), k
+    diff = (gpu.cpu().float() - cpu.float()).abs()
+    assert float(diff.mean()) < 2.0  # float rounding may flip a JPEG quantisation step
+    images, labs = next(ds.batches(8, device="cuda", steps=1))
+    assert images.device.type == "cuda" and labs.device.type == "cuda"

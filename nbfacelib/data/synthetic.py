@@ -450,7 +450,7 @@ def sample_nuisances(
 
 
 def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Ground-truth quality in [0, 1]: the product of one factor per nuisance, each in (0, 1]
+    """Ground-truth quality in [0, 1]: the product of one factor per nuisance, each in [0, 1]
     and non-increasing in its degradation (lengths in 112-image pixels, angles in degrees):
 
     - pose:       exp(-((yaw/30)^2 + (pitch/25)^2 + (roll/30)^2) / 2)
