@@ -879,10 +879,18 @@ def _noise(u: torch.Tensor, size: int, device) -> torch.Tensor:
     """Standard-normal noise (B, 3, S, S): a window of one of 32 fixed fields, chosen and
     offset per image by its hash (cheap, and reproducible per image on any device)."""
     bank = _static("noise", size, device)
-    k = (u[:, 35] * 32).long().clamp(max=31).tolist()
-    dy = (u[:, 40] * 16).long().clamp(max=15).tolist()
-    dx = (u[:, 41] * 16).long().clamp(max=15).tolist()
-    return torch.stack([bank[a, :, b : b + size, c : c + size] for a, b, c in zip(k, dy, dx)])
+    k = (u[:, 35] * 32).long().clamp(max=31)
+    dy = (u[:, 40] * 16).long().clamp(max=15)
+    dx = (u[:, 41] * 16).long().clamp(max=15)
+    if torch.device(device).type == "cpu":  # slices copy faster than a gather on a CPU
+        return torch.stack(
+            [bank[a, :, b : b + size, c : c + size] for a, b, c in zip(k.tolist(), dy.tolist(), dx.tolist())]
+        )
+    B = u.shape[0]  # one gather kernel instead of B slice copies
+    ar = torch.arange(size, device=device)
+    rows = (dy[:, None] + ar[None]).view(B, 1, size, 1)
+    cols = (dx[:, None] + ar[None]).view(B, 1, 1, size)
+    return bank[k.view(B, 1, 1, 1), torch.arange(3, device=device).view(1, 3, 1, 1), rows, cols]
 
 
 # --------------------------------------------------------------------------------------------
