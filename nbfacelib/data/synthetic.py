@@ -293,11 +293,21 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     shade = (1.04 - 0.22 * rim**3).unsqueeze(1)
     _blend(canvas, face, skin[:, :, None, None] * shade)
     canvas[:, 4] = face
+    whole = canvas, X, Y, face
+
+    def region(x0: float, x1: float, y0: float, y1: float):
+        """The features below are drawn only inside their bounding box (face units), on views
+        of the canvas: most of the frame never sees them."""
+        (rs, cs), Xr, Yr = _region(size, x0, x1, y0, y1, dev)
+        return whole[0][:, :, rs, cs], Xr, Yr, whole[3][:, rs, cs]
+
     # Cheeks: blush and cheekbone shadow.
+    canvas, X, Y, face = region(-1, 1, -0.15, 0.7)
     d_cheek = ((X.abs() - fw * 0.55) ** 2 / 0.02 + (Y - _v(p["nose_y"])) ** 2 / 0.015).clamp(max=30)
     blush = torch.exp(-d_cheek) * _v(p["blush"]) * face
     _blend(canvas, blush, torch.tensor([[0.85, 0.35, 0.35]], device=dev).expand(U, 3))
     # Marks: up to six moles at fixed places in the face.
+    canvas, X, Y, face = region(-0.56, 0.56, -0.4, 0.8)
     mk = torch.zeros_like(face)
     for k in range(6):
         present = _v((p["marks"] > k).float())
@@ -306,6 +316,7 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
         mk = torch.maximum(mk, present * _soft(((X - mx) ** 2 + (Y - my) ** 2).sqrt() - s, px))
     _blend(canvas, mk * face * 0.85, skin * 0.45)
     # Nose: shadows along the bridge, nostrils, tip highlight.
+    canvas, X, Y, face = region(-0.32, 0.32, -0.3, 0.55)
     ny, nw = _v(p["nose_y"]), _v(p["nose_w"])
     top = _v(p["eye_y"]) + 0.06 + (1 - _v(p["nose_len"])) * 0.12
     bridge = torch.exp(-((X - nw * 0.45) ** 2) / (2 * 0.02**2)) * _soft(top - Y, 0.1) * _soft(Y - ny, 0.1)
@@ -319,6 +330,7 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     tip = torch.exp(-(X**2 + (Y - ny + 0.045) ** 2) / (2 * 0.03**2))
     _blend(canvas, tip * 0.25, (skin * 1.2).clamp(max=1))
     # Eyes: socket shadow, sclera, iris, pupil, upper-lid line.
+    canvas, X, Y, face = region(-0.9, 0.9, -0.6, 0.4)
     ex = X.abs() - _v(p["eye_dx"])
     t = _v(p["eye_tilt"])
     yy = Y - _v(p["eye_y"])
@@ -343,8 +355,9 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     )
     _blend(canvas, lid * 0.9, skin * 0.25)
     # Brows: arched strokes above the eyes, thinning towards the tail.
+    canvas, X, Y, face = region(-0.65, 0.65, -0.55, 0.1)
     bl = _v(p["brow_len"])
-    bx = ex + 0.02
+    bx = X.abs() - _v(p["eye_dx"]) + 0.02
     yc = (
         _v(p["eye_y"] - p["brow_gap"])
         - _v(p["brow_arch"]) * (1 - (bx / bl) ** 2)
@@ -354,6 +367,7 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     brow = _soft((Y - yc).abs() - thick, px) * _soft(bx.abs() - bl, px)
     _blend(canvas, brow * 0.92, hair * 0.75)
     # Facial hair (style 1 stubble, 2 moustache, 3 goatee, 4 full beard).
+    canvas, X, Y, face = region(-1, 1, 0.0, 1.0)
     bs = _v(p["beard_style"])
     my, mw = _v(p["mouth_y"]), _v(p["mouth_w"])
     dens = _v(p["beard_density"])
@@ -368,6 +382,7 @@ def _render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
     full = face * _soft(my - 0.04 - 0.45 * (X / fw) ** 2 - Y, px) * (bs == 4).float()
     fa = torch.maximum(torch.maximum(stubble, mous), torch.maximum(goat * dens, full * dens)) * btex
     _blend(canvas, fa.clamp(0, 1), hair * 0.8)
+    canvas, X, Y, face = whole
     # Scalp hair: inside an enlarged head outline, above the hairline (and down the sides for
     # the styles that have them). Styles: 0 bald, 1 buzz, 2 short, 3 side part, 4 fringe,
     # 5 long, 6 volume, 7 receding.
