@@ -258,3 +258,32 @@ def test_figures_build_headless():
     assert am.project_2d(np.random.default_rng(0).normal(size=(20, 8)), method="pca").shape == (20, 2)
     with pytest.raises(ValueError, match="umap"):
         am.project_2d(np.zeros((3, 2)), method="tsne")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:sample_pairs:UserWarning")
+def test_run_experiments_without_out_dir_cleans_up(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp() lands under tmp_path
+    setup = am.Setup(
+        small_backbone=None,
+        losses=("cosface",),
+        seeds=(1,),
+        train_ids=4,
+        per_id=3,
+        steps=1,
+        batch_size=4,
+        warmup_steps=0,
+        input_size=48,
+        embedding_size=16,
+        eval_ids=4,
+        eval_per_id=3,
+        eval_pairs=20,
+        orl_pairs=0,
+    )
+    res = am.run_experiments(setup, log=None)
+    assert [(r["backbone"], r["loss"], r["seed"]) for r in res["runs"]] == [("ir_tiny", "cosface", 1)]
+    assert "orl" not in res["runs"][0] and res["eval"]["orl"] is None
+    assert res["setup"]["out_dir"] is None
+    assert list(tmp_path.iterdir()) == []  # checkpoints and rendered images removed

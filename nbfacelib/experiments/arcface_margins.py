@@ -478,12 +478,25 @@ def run_experiments(
                        ``keep_embeddings`` seeds of each, for UMAP and norm plots),
          "eval": {"synthetic": EvalSet, "orl": EvalSet or None}}
     """
+    import shutil
+    import tempfile
+
+    if setup.out_dir is not None:
+        return _run_experiments(setup, log, keep_embeddings)
+    # no out_dir: runs (checkpoints, rendered images) go to a temporary directory removed at the
+    # end; the returned results hold everything the notebook draws
+    tmp = tempfile.mkdtemp(prefix="nbface01-")
+    try:
+        out = _run_experiments(replace(setup, out_dir=tmp), log, keep_embeddings)
+        out["setup"]["out_dir"] = None
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_experiments(setup: Setup, log: Callable[[str], None] | None, keep_embeddings: int) -> dict[str, Any]:
     from nbfacelib.train import fit, load_backbone
 
-    if setup.out_dir is None:
-        import tempfile
-
-        setup = replace(setup, out_dir=tempfile.mkdtemp(prefix="nbface01-"))
     say = log or (lambda _msg: None)
     tic = time.perf_counter()
     evalsets: dict[str, EvalSet | None] = {

@@ -14,7 +14,13 @@ import numpy as np
 
 # One colour per head / loss, the same in every figure of the notebook.
 PALETTE = ["#4c4c4c", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-LOSS_COLOURS = {"softmax": "#4c4c4c", "sphereface": "#1f77b4", "cosface": "#2ca02c", "arcface": "#d62728"}
+LOSS_COLOURS = {
+    "softmax": "#4c4c4c",
+    "sphereface": "#1f77b4",
+    "cosface": "#2ca02c",
+    "arcface": "#d62728",
+    "combined": "#9467bd",
+}
 
 
 def _colour(name: str, i: int) -> str:
@@ -215,12 +221,25 @@ def quality_tercile_figure(runs: list[dict], groups: Sequence[tuple[str, str]]):
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / max(1, len(groups))
+    first_backbone = groups[0][0] if groups else None
     for i, (backbone, loss) in enumerate(groups):
         sel = select(runs, backbone=backbone, loss=loss)
         means = [metric_values(sel, f"acc_q{t}").mean() for t in range(3)]
         stds = [metric_values(sel, f"acc_q{t}").std(ddof=1) if len(sel) > 1 else 0 for t in range(3)]
-        ax.bar(np.arange(3) + (i - (len(groups) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-               label=f"{loss} / {backbone}", color=_colour(loss, i) if i < 4 else PALETTE[i % 8])  # fmt: skip
+        # colour = loss; a second backbone with the same loss is hatched and lighter
+        other = backbone != first_backbone
+        ax.bar(
+            np.arange(3) + (i - (len(groups) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=f"{loss} / {backbone}",
+            color=_colour(loss, i),
+            alpha=0.45 if other else 1.0,
+            hatch="//" if other else None,
+            edgecolor="black" if other else None,
+        )
     ax.set_xticks(range(3), ["low", "mid", "high"])
     ax.set_xlabel("tercile of pair quality (min of the two images)")
     ax.set_ylabel("accuracy")
