@@ -212,6 +212,9 @@ def test_run_experiments_tiny(tmp_path):
     assert set(es.labels.tolist()) == set(range(6))
     orl = res["eval"]["orl"]
     assert orl.images.shape == (100, 3, 48, 48) and set(orl.labels.tolist()) == set(range(10))
+    for name in ("synthetic", "orl"):  # eigenfaces on the same pairs
+        assert 0.0 <= res["baseline"][name]["accuracy"] <= 1.0
+    assert {"acc_q0", "acc_q2"} <= set(res["baseline"]["synthetic"])
     table = am.summary_table(res["runs"], ["accuracy"])
     assert [(r["backbone"], r["loss"], r["n"]) for r in table] == [
         ("ir_tiny", "softmax", 1),
@@ -287,3 +290,10 @@ def test_run_experiments_without_out_dir_cleans_up(tmp_path, monkeypatch):
     assert "orl" not in res["runs"][0] and res["eval"]["orl"] is None
     assert res["setup"]["out_dir"] is None
     assert list(tmp_path.iterdir()) == []  # checkpoints and rendered images removed
+
+
+def test_head_settings_and_c14_statement_quote_the_heads():
+    text = am.head_settings(["softmax", "cosface", "arcface"], {"arcface": {"s": 16, "m": 0.3}})
+    assert text == "softmax s=1; cosface s=64 m3=0.4; arcface s=16 m2=0.3"
+    runs = _runs({("b", "softmax"): [0.7], ("b", "cosface"): [0.8], ("b", "arcface"): [0.8]})
+    assert am.c14_verdict(runs, "b", setting=text)["statement"].endswith("heads: " + text)

@@ -315,37 +315,78 @@ def quality_terciles(
     return np.digitize(q, edges), edges
 
 
-def evaluate_model(model, evalset: EvalSet, device=None, batch_size: int = 256) -> dict[str, Any]:
-    """Embed ``evalset.images`` (flip test-time augmentation, arcface_torch protocol) and score
-    its pairs with :func:`nbfacelib.eval.verification.evaluate`.
-
-    Returns ``{"metrics": {...}, "embeddings": (N, D) L2-normalised, "norms": (N,)}``. Metrics:
+def score_embeddings(emb: np.ndarray, evalset: EvalSet) -> dict[str, float]:
+    """Verification metrics of embeddings ``emb`` (N, D) (not necessarily normalised) of
+    ``evalset.images`` on its pairs, with :func:`nbfacelib.eval.verification.evaluate`:
     ``accuracy``, ``accuracy_std`` (over the 10 folds), ``auc``, ``eer``, ``threshold``,
     ``tar@far=<far>`` for each FAR the pair count supports; with ground-truth quality also
     ``acc_q0``/``acc_q1``/``acc_q2``: accuracy of the pairs in each tercile of pair quality (the
-    lower of the two images) at the protocol's threshold (mean of the fold thresholds).
-    ``norms`` are the feature norms of the un-flipped images (the raw embedding)."""
-    from nbfacelib.eval.embed import embed
+    lower of the two images) at the protocol's threshold (mean of the fold thresholds)."""
     from nbfacelib.eval.verification import evaluate
+
+    res = evaluate(emb[evalset.idx1], emb[evalset.idx2], evalset.issame)
+    metrics = {k: float(res[k]) for k in ("accuracy", "accuracy_std", "auc", "eer", "threshold")}
+    for far, tar in res["tar_at_far"].items():
+        metrics[f"tar@far={far:.0e}"] = float(tar)
+    if evalset.quality is not None:
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+        tercile, _ = quality_terciles(evalset.quality, evalset.idx1, evalset.idx2)
+        d2 = np.square(unit[evalset.idx1] - unit[evalset.idx2]).sum(1)
+        correct = (d2 < res["threshold"]) == evalset.issame  # the protocol's decision rule
+        for t in range(3):
+            metrics[f"acc_q{t}"] = float(correct[tercile == t].mean())
+    return metrics
+
+
+def evaluate_model(model, evalset: EvalSet, device=None, batch_size: int = 256) -> dict[str, Any]:
+    """Embed ``evalset.images`` (flip test-time augmentation, arcface_torch protocol) and score
+    its pairs (:func:`score_embeddings`). Returns ``{"metrics": {...}, "embeddings": (N, D)
+    L2-normalised, "norms": (N,)}``; ``norms`` are the feature norms of the un-flipped images
+    (the raw embedding)."""
+    from nbfacelib.eval.embed import embed
 
     kw = {"batch_size": batch_size, "device": device, "progress": False, "normalize": False}
     plain = embed(model, evalset.images, flip=False, **kw)
     flipped = embed(model, evalset.images.flip(3), flip=False, **kw)
     emb = plain + flipped  # = embed(..., flip=True), with the plain norms kept as a by-product
-    res = evaluate(emb[evalset.idx1], emb[evalset.idx2], evalset.issame)
-    metrics: dict[str, float] = {
-        k: float(res[k]) for k in ("accuracy", "accuracy_std", "auc", "eer", "threshold")
-    }
-    for far, tar in res["tar_at_far"].items():
-        metrics[f"tar@far={far:.0e}"] = float(tar)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-    if evalset.quality is not None:
-        tercile, _ = quality_terciles(evalset.quality, evalset.idx1, evalset.idx2)
-        d2 = np.square(unit[evalset.idx1] - unit[evalset.idx2]).sum(1)
-        correct = (d2 < res["threshold"]) == evalset.issame  # same decision rule as the protocol
-        for t in range(3):
-            metrics[f"acc_q{t}"] = float(correct[tercile == t].mean())
-    return {"metrics": metrics, "embeddings": unit.astype(np.float32), "norms": np.linalg.norm(plain, axis=1)}
+    return {
+        "metrics": score_embeddings(emb, evalset),
+        "embeddings": unit.astype(np.float32),
+        "norms": np.linalg.norm(plain, axis=1),
+    }
+
+
+def pixel_baseline(
+    evalsets: dict[str, EvalSet | None],
+    fit_ids: int = 100,
+    per_id: int = 10,
+    data_seed: int = 0,
+    difficulty: str = "medium",
+    components: int = 100,
+) -> dict[str, dict[str, float]]:
+    """Eigenfaces (raw-pixel PCA, :mod:`nbfacelib.eval.baseline`) scored on the same pairs as
+    the models: PCA fitted on ``fit_ids`` x ``per_id`` synthetic *training* identities (the
+    first ones of the training set), pixels as :func:`nbfacelib.eval.baseline.pixel_features`.
+    What a model must beat to have learnt anything beyond pixel similarity."""
+    from sklearn.decomposition import PCA
+
+    from nbfacelib.data.synthetic import SyntheticFaces
+    from nbfacelib.eval.baseline import pixel_features
+
+    ds = SyntheticFaces(fit_ids, per_id, seed=data_seed, difficulty=difficulty)
+    labels = torch.as_tensor(ds.labels)
+    samples = torch.arange(len(ds)) % per_id
+    feats = []
+    for s in range(0, len(ds), 256):
+        images, _ = ds.render_batch(labels[s : s + 256], samples[s : s + 256])
+        feats.append(pixel_features(images))
+    pca = PCA(n_components=min(components, len(ds) - 1), random_state=0).fit(np.concatenate(feats))
+    return {
+        name: score_embeddings(pca.transform(pixel_features(es.images)), es)
+        for name, es in evalsets.items()
+        if es is not None
+    }
 
 
 # --------------------------------------------------------------------------------- training
@@ -476,7 +517,8 @@ def run_experiments(
                    "synthetic": {metrics}, "orl": {metrics}}, ...],
          "embeddings": {(backbone, loss): {"synthetic": (N, D), "norms": (N,)}} (first
                        ``keep_embeddings`` seeds of each, for UMAP and norm plots),
-         "eval": {"synthetic": EvalSet, "orl": EvalSet or None}}
+         "eval": {"synthetic": EvalSet, "orl": EvalSet or None},
+         "baseline": {"synthetic": {metrics}, "orl": {metrics}} (eigenfaces, no training)}
     """
     import shutil
     import tempfile
@@ -554,7 +596,10 @@ def _run_experiments(setup: Setup, log: Callable[[str], None] | None, keep_embed
             + (f", ORL acc {row['orl']['accuracy']:.4f}" if "orl" in row else "")
             + f" ({row['seconds']:.0f} s)"
         )
-    return {"setup": asdict(setup), "runs": runs, "embeddings": kept, "eval": evalsets}
+    baseline = pixel_baseline(
+        evalsets, min(setup.train_ids, 100), setup.per_id, setup.data_seed, setup.difficulty
+    )
+    return {"setup": asdict(setup), "runs": runs, "embeddings": kept, "eval": evalsets, "baseline": baseline}
 
 
 # ---------------------------------------------------------------------------------- summaries
@@ -603,12 +648,28 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) ->
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
+def head_settings(losses: Sequence[str], loss_kwargs: dict[str, dict[str, Any]] | None = None) -> str:
+    """ "softmax s=1; cosface s=16 m3=0.4; ..." read from the heads built as the runs build them."""
+    from nbfacelib.losses import build_margin
+
+    parts = []
+    for loss in losses:
+        head = build_margin(loss, **(loss_kwargs or {}).get(loss, {}))
+        keys = [k for k in ("m1", "m2", "m3") if hasattr(head, k)]
+        margins = "".join(
+            f" {k}={getattr(head, k):g}" for k in keys if getattr(head, k) != (1.0 if k == "m1" else 0.0)
+        )
+        parts.append(f"{loss} s={head.s:g}{margins}")
+    return "; ".join(parts)
+
+
 def c14_verdict(
     runs: list[dict],
     backbone: str,
     metric: str = "accuracy",
     tolerance: float = 0.005,
     confidence: float = 0.95,
+    setting: str | None = None,
 ) -> dict[str, Any]:
     """C14 (ArcFace >= CosFace > softmax) from the per-seed ``metric`` on held-out synthetic pairs.
 
@@ -618,7 +679,8 @@ def c14_verdict(
     interval of arc - cos lies above ``-tolerance`` (ArcFace at most ``tolerance`` worse).
     Holds: both shown. Not held: the interval of cos - soft lies below 0 (softmax better), or
     that of arc - cos below ``-tolerance`` (ArcFace worse by more than the tolerance).
-    Otherwise (fewer than 2 seeds, or intervals straddling) inconclusive (None)."""
+    Otherwise (fewer than 2 seeds, or intervals straddling) inconclusive (None).
+    ``setting``: the heads' hyper-parameters (:func:`head_settings`), quoted in the statement."""
     by = {
         loss: metric_values(select(runs, backbone=backbone, loss=loss), metric)
         for loss in ("softmax", "cosface", "arcface")
@@ -640,6 +702,7 @@ def c14_verdict(
             f"{metric} on held-out synthetic pairs, {backbone}, same data/steps, {n} seed(s): "
             f"CosFace > softmax (paired {confidence:.0%} t-interval of the difference above 0) and "
             f"ArcFace >= CosFace - {tolerance:g} (interval of arc - cos above -{tolerance:g})"
+            + (f"; heads: {setting}" if setting else "")
         ),
         "measured": {
             f"{metric}_arcface_mean": float(arc.mean()),
