@@ -268,7 +268,16 @@ def test_figures_build_headless():
 def test_run_experiments_without_out_dir_cleans_up(tmp_path, monkeypatch):
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp() lands under tmp_path
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kw):  # ours lands under tmp_path and is remembered
+        if kw.get("prefix") == "nbface01-":
+            made.append(real_mkdtemp(*args, **{**kw, "dir": tmp_path}))
+            return made[-1]
+        return real_mkdtemp(*args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     setup = am.Setup(
         small_backbone=None,
         losses=("cosface",),
@@ -284,12 +293,15 @@ def test_run_experiments_without_out_dir_cleans_up(tmp_path, monkeypatch):
         eval_per_id=3,
         eval_pairs=20,
         orl_pairs=0,
+        pre_render=False,  # the engine renders each batch (the gpu preset's path)
     )
     res = am.run_experiments(setup, log=None)
     assert [(r["backbone"], r["loss"], r["seed"]) for r in res["runs"]] == [("ir_tiny", "cosface", 1)]
     assert "orl" not in res["runs"][0] and res["eval"]["orl"] is None
     assert res["setup"]["out_dir"] is None
-    assert list(tmp_path.iterdir()) == []  # checkpoints and rendered images removed
+    # the run directory (checkpoints, rendered images) is gone
+    assert len(made) == 1 and made[0].startswith(str(tmp_path / "nbface01-"))
+    assert not any(tmp_path.iterdir())
 
 
 def test_head_settings_and_c14_statement_quote_the_heads():
