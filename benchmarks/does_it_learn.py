@@ -15,7 +15,7 @@ Equivalent CLI for the runs:
 
     nbface train --preset cpu --out runs/does_it_learn/synthetic
     nbface train --preset cpu --data orl --holdout-ids 10 --val heldout --val-pairs 400 \\
-        --steps 300 --batch-size 32 --warmup-steps 30 --eval-every 0 --out runs/does_it_learn/orl
+        --steps 150 --batch-size 32 --warmup-steps 15 --eval-every 0 --out runs/does_it_learn/orl
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ PARTS = {
         holdout_ids=10,
         val=["heldout"],
         val_pairs=400,
-        steps=300,
+        steps=150,
         batch_size=32,
-        warmup_steps=30,
+        warmup_steps=15,
         eval_every=0,
     ),
 }
@@ -68,6 +68,7 @@ def pixel_baseline(cfg, components: int = 100) -> dict:
         emb = pca.transform(pixel_features(images))
         res = evaluate(emb[0::2], emb[1::2], issame)
         out[name] = {
+            **{f"tar@far={float(far):.0e}": float(tar) for far, tar in res["tar_at_far"].items()},
             "accuracy": res["accuracy"],
             "accuracy_std": res["accuracy_std"],
             "auc": res["auc"],
@@ -117,6 +118,15 @@ def main() -> None:
                 f"{part:9s} {name:18s} model {100 * m_acc:6.2f} +- {100 * m_std:5.2f}%   "
                 f"pixels {100 * b['accuracy']:6.2f} +- {100 * b['accuracy_std']:5.2f}%   "
                 f"gain {100 * (m_acc - b['accuracy']):+6.2f} pts   ({b['n_pairs']} pairs, train {secs})",
+                flush=True,
+            )
+            tars = [k.split("/", 1)[1] for k in r["model"] if k.startswith(f"{name}/tar@far=")]
+            print(
+                f"{'':28s} AUC model {r['model'][f'{name}/auc']:.3f} pixels {b['auc']:.3f}; "
+                + "; ".join(
+                    f"{t} model {r['model'][f'{name}/{t}']:.3f} pixels {b.get(t, float('nan')):.3f}"
+                    for t in tars
+                ),
                 flush=True,
             )
     root.mkdir(parents=True, exist_ok=True)

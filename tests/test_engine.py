@@ -158,7 +158,7 @@ def metrics(out: Path) -> list[dict]:
 def test_resume_after_sigkill_is_bit_identical(tmp_path, one_thread):
     from nbfacelib.train import fit
 
-    steps, every = 12, 3
+    steps, every = 8, 2
     fit(tiny(tmp_path / "straight", steps=steps, ckpt_every=every))
 
     killed = tmp_path / "killed"
@@ -270,7 +270,7 @@ def test_smoke_end_to_end_cli(tmp_path):
     from nbfacelib.train import load_backbone
 
     out = tmp_path / "smoke"
-    argv = ["train", "--preset", "smoke", "--out", str(out), "--input-size", "48", "--val-pairs", "100"]
+    argv = ["train", "--preset", "smoke", "--out", str(out), "--input-size", "32", "--val-pairs", "100"]
     argv += ["--val-ids", "20", "--no-progress", "--log-every", "10"]
     assert main(argv) == 0
     for name in ("config.json", "metrics.jsonl", "last.ckpt", "model.safetensors"):
@@ -281,9 +281,9 @@ def test_smoke_end_to_end_cli(tmp_path):
     assert 0.0 <= rows[-1]["synthetic-heldout/accuracy"] <= 1.0
     assert {"lr", "images_per_s", "epoch", "skipped_steps"} <= rows[0].keys()
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["preset"] == "smoke" and cfg["steps"] == 30 and cfg["input_size"] == 48
+    assert cfg["preset"] == "smoke" and cfg["steps"] == 30 and cfg["input_size"] == 32
     model = load_backbone(out)
-    assert model(torch.zeros(2, 3, 48, 48)).shape == (2, cfg["embedding_size"])
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, cfg["embedding_size"])
 
 
 @pytest.mark.slow
