@@ -32,3 +32,19 @@ def orl_root() -> Path:
     if not root.is_dir():
         pytest.fail(f"ORL faces not found at {root}; set NBFACELIB_DATA")
     return root
+
+
+@pytest.fixture(scope="session")
+def selftest_reports(tmp_path_factory) -> tuple[Path, int]:
+    """(reports/<preset> folder, exit code) of ``nbface run`` on the engine self-test notebook,
+    run once per session and shared by the report, notebook and browser tests (kernel start-up
+    costs seconds)."""
+    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
+    rc_file = out / "rc"
+    if not rc_file.exists():
+        from nbfacelib.cli import main
+
+        selftest = REPO / "tests" / "data" / "engine_selftest.ipynb"
+        rc = main(["run", str(selftest), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
+        rc_file.write_text(str(rc))
+    return out / "smoke", int(rc_file.read_text())

@@ -32,20 +32,6 @@ def _id(path: Path) -> str:
     return path.stem
 
 
-@pytest.fixture(scope="session")
-def selftest_reports(tmp_path_factory) -> tuple[Path, int]:
-    """(reports/<preset> folder, exit code) of ``nbface run`` on the self-test notebook, once per
-    session (shared with test_report.py and test_report_browser.py through the folder)."""
-    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
-    rc_file = out / "rc"
-    if not rc_file.exists():
-        from nbfacelib.cli import main
-
-        rc = main(["run", str(SELFTEST), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
-        rc_file.write_text(str(rc))
-    return out / "smoke", int(rc_file.read_text())
-
-
 @pytest.mark.parametrize("path", ALL, ids=_id)
 def test_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)

@@ -28,20 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 SELFTEST = REPO / "tests" / "data" / "engine_selftest.ipynb"
 
 
-@pytest.fixture(scope="session")
-def selftest_reports(tmp_path_factory) -> tuple[Path, int]:
-    """(reports/<preset> folder, exit code) of ``nbface run`` on the self-test notebook, once per
-    session (the same folder is reused by test_notebooks.py and test_report_browser.py)."""
-    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
-    rc_file = out / "rc"
-    if not rc_file.exists():
-        from nbfacelib.cli import main
-
-        rc = main(["run", str(SELFTEST), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
-        rc_file.write_text(str(rc))
-    return out / "smoke", int(rc_file.read_text())
-
-
 @pytest.fixture
 def memory_only(monkeypatch):
     """Interactive mode: no record file, a clean in-memory store."""

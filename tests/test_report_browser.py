@@ -221,22 +221,9 @@ def browser(chromium, tmp_path_factory):
     b.close()
 
 
-@pytest.fixture(scope="session")
-def selftest_reports(tmp_path_factory) -> Path:
-    """reports/smoke of ``nbface run`` on the self-test notebook, once per session (shared with
-    test_report.py and test_notebooks.py through the folder)."""
-    out = tmp_path_factory.getbasetemp() / "engine_selftest_reports"
-    rc_file = out / "rc"
-    if not rc_file.exists():
-        from nbfacelib.cli import main
-
-        rc = main(["run", str(SELFTEST), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
-        rc_file.write_text(str(rc))
-    return out / "smoke"
-
-
 def test_notebook_report_renders_offline(browser, selftest_reports, tmp_path):
-    page = open_page(browser, (selftest_reports / "engine_selftest.html").as_uri(), tmp_path / "selftest.png")
+    report = selftest_reports[0] / "engine_selftest.html"
+    page = open_page(browser, report.as_uri(), tmp_path / "selftest.png")
     assert page["errors"] == [], f"JavaScript errors: {page['errors']}"
     assert page["requests"] == [], f"the report fetched from the network: {page['requests']}"
     assert page["figures"] == SELFTEST_PLOTLY_FIGURES, page
@@ -246,7 +233,7 @@ def test_notebook_report_renders_offline(browser, selftest_reports, tmp_path):
 
 
 def test_index_renders_offline(browser, selftest_reports, tmp_path):
-    page = open_page(browser, (selftest_reports / "index.html").as_uri(), tmp_path / "index.png")
+    page = open_page(browser, (selftest_reports[0] / "index.html").as_uri(), tmp_path / "index.png")
     assert page["errors"] == [], f"JavaScript errors: {page['errors']}"
     assert page["requests"] == [], f"index.html fetched from the network: {page['requests']}"
     assert page["rows"] >= 1  # one row per notebook in metrics.json
