@@ -88,9 +88,9 @@ def time_config(
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with ctx:
+        with ctx:  # as the engine: backbone and classifier matmul under autocast
             emb = model(x)
-        loss = pfc(emb.float(), y)
+            loss = pfc(emb, y)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)

@@ -96,6 +96,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         model = nn.parallel.DistributedDataParallel(
             backbone, device_ids=[device.index] if device.type == "cuda" else None
         )
+    ddp = model  # no_sync() lives on the DDP wrapper, not on a compiled module
     if cfg.compile:
         model = torch.compile(model)
     params = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]
@@ -185,9 +186,12 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             for i, (x, y) in enumerate(chunks):
                 x = data.to_model_input(x).contiguous(memory_format=memory_format)
                 sync = i == len(chunks) - 1 or world == 1
-                with contextlib.nullcontext() if sync else model.no_sync(), autocast():
+                # DDP decides in the forward pass whether the next backward all-reduces; the
+                # classifier matmul runs under autocast too (as arcface_torch's fp16 fc), Partial
+                # FC takes the logits to float32 before the margin and the softmax
+                with contextlib.nullcontext() if sync else ddp.no_sync(), autocast():
                     embeddings = model(x)
-                loss = pfc(embeddings.float(), y) / cfg.grad_accum
+                    loss = pfc(embeddings, y) / cfg.grad_accum
                 if step in cfg.inject_nan_steps:
                     loss = loss * float("nan")
                 if not torch.isfinite(loss):
