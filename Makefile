@@ -6,7 +6,10 @@ PRESET ?= auto
 
 .PHONY: reproduce test lint venv
 
+# First the data sanity check (raw-pixel baseline on held-out synthetic identities must sit
+# well above chance and below saturation), then every notebook at PRESET (auto: gpu if CUDA).
 reproduce: $(STAMP)
+	$(VENV)/bin/nbface synth --calibrate
 	$(VENV)/bin/nbface reproduce --preset $(PRESET)
 
 test: $(STAMP) lint
