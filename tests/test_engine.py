@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -306,3 +307,12 @@ def test_torchrun_two_gloo_ranks_then_resume_on_one(tmp_path):
     assert state["classifier"]["weight"].shape == (16, 32)  # full, gathered centres
     result = fit(cfg.replace(steps=6, resume=True))
     assert (result["start_step"], result["steps"], result["world_size"]) == (4, 6, 1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_run_on_cpu(tmp_path, precision):
+    from nbfacelib.train import fit
+
+    result = fit(tiny(tmp_path / precision, steps=2, precision=precision, channels_last=True))
+    assert result["precision"] == precision and result["channels_last"] is True
+    assert math.isfinite(result["final_loss"]) and result["skipped_steps"] == 0

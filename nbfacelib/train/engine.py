@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,11 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                     for b, saved in zip(backbone.buffers(), buffers, strict=True):
                         b.copy_(saved)
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with warnings.catch_warnings():
+                # a skipped step (NaN, or an fp16 overflow the GradScaler skipped) still advances
+                # the per-step schedule on purpose; PyTorch warns about that order, needlessly
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+                scheduler.step()
             step += 1
             images_since += per_step * world
 
