@@ -219,10 +219,15 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
         else:
             path = Path(spec)
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"val pair set {spec!r}: no such file (or use synthetic-heldout / heldout)"
-                )
+                from nbfacelib.data.manifest import list_manifests, load_manifest
+
+                if spec not in list_manifests():
+                    raise FileNotFoundError(
+                        f"val pair set {spec!r}: no such file, and not a manifest name "
+                        f"(or use synthetic-heldout / heldout)"
+                    )
+                path = load_manifest(spec).locate()  # names the data set and how to obtain it
             pairs = load_pairs(path)
-            name = path.stem
+            name = path.stem if spec.endswith(".bin") else spec
         out[name] = (pairs.decode(size=cfg.input_size), np.asarray(pairs.issame))
     return out
