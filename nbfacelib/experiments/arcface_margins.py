@@ -779,7 +779,9 @@ def project_2d(embeddings: np.ndarray, method: str = "umap", seed: int = 0) -> n
     if method == "umap":
         import umap
 
-        reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=15, min_dist=0.1)
+        reducer = umap.UMAP(
+            n_components=2, metric="cosine", random_state=seed, n_neighbors=15, min_dist=0.1, n_jobs=1
+        )  # a random_state makes UMAP single-threaded anyway; saying so avoids its warning
         return reducer.fit_transform(embeddings)
     if method == "pca":
         from sklearn.decomposition import PCA
