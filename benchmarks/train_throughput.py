@@ -6,8 +6,9 @@ loop configured as insightface arcface_torch runs it.
 What is timed: one optimizer step of the engine's recipe -- backbone forward under autocast,
 Partial FC (ArcFace head, all classes) loss, backward, grad-norm clip 5 on the backbone, SGD
 step -- on one batch of synthetic faces rendered once beforehand (rendering is not timed, so
-the numbers are the model's, not the renderer's). Warm-up steps are discarded; the median of
-the timed steps is reported.
+the numbers are the model's, not the renderer's). Configurations are timed in interleaved
+rounds (one step each per round, two warm-up rounds discarded), so load changes on a shared
+machine hit all rows alike; the median per configuration is reported.
 
 The arcface_torch loop: fp16 autocast + GradScaler, contiguous (NCHW) tensors, margin under
 ``torch.no_grad()`` (``margin_grad=False``). Its autocast is ``torch.cuda.amp.autocast``, which
@@ -45,7 +46,7 @@ def machine() -> str:
     )
 
 
-def time_config(
+def make_step(
     backbone_name,
     images,
     labels,
@@ -55,10 +56,9 @@ def time_config(
     channels_last,
     margin_grad=True,
     compile_model=False,
-    warmup=2,
-    steps=5,
     embedding_size=512,
 ):
+    """Build one configuration; return a function running one timed optimizer step (seconds)."""
     from nbfacelib.data.transforms import normalize
     from nbfacelib.losses import build_margin
     from nbfacelib.losses.partial_fc import PartialFC
@@ -80,10 +80,8 @@ def time_config(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
     x = normalize(images.to(device)).contiguous(memory_format=fmt)
     y = labels.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
+
+    def step() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -99,10 +97,9 @@ def time_config(
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    return len(images) / statistics.median(times), peak
+        return time.perf_counter() - t0
+
+    return step
 
 
 def main() -> None:
@@ -141,13 +138,24 @@ def main() -> None:
         rows.append(("nbface bf16 channels-last compile", "bf16", True, True, True))
     print(f"{'backbone':10s} {'loop':40s} {'img/s':>9s} {'x arcface':>9s} {'peak MiB':>9s}")
     for name in backbones:
-        base = None
-        for label, prec, cl, grad, comp in rows:
-            rate, peak = time_config(
-                name, images, labels, args.num_classes, device, prec, cl, grad, comp, steps=steps
-            )
-            base = base or rate
-            mem = f"{peak:9.0f}" if cuda else f"{'n/a':>9s}"  # CPU: no per-row allocator peak
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        # Interleaved rounds: every configuration runs one step per round, so a change of load
+        # on a shared machine hits all of them alike; the median per configuration is reported.
+        steps_fns = [
+            make_step(name, images, labels, args.num_classes, device, p, cl, g, c) for _, p, cl, g, c in rows
+        ]
+        times = [[] for _ in rows]
+        for r in range(2 + steps):
+            for i, fn in enumerate(steps_fns):
+                t = fn()
+                if r >= 2:  # two warm-up rounds
+                    times[i].append(t)
+        base = len(images) / statistics.median(times[0])
+        for (label, *_), ts in zip(rows, times, strict=True):
+            rate = len(images) / statistics.median(ts)
+            # CUDA: peak over all rows of this backbone (they are interleaved); CPU: no allocator peak
+            mem = f"{torch.cuda.max_memory_allocated() / 2**20:9.0f}" if cuda else f"{'n/a':>9s}"
             print(f"{name:10s} {label:40s} {rate:9.1f} {rate / base:9.2f} {mem}", flush=True)
     if not cuda:
         print("\nNo CUDA device: the GPU goal (>= 1.3x the arcface_torch loop) is not measured here.")
