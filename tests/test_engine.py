@@ -316,3 +316,23 @@ def test_mixed_precision_and_channels_last_run_on_cpu(tmp_path, precision):
     result = fit(tiny(tmp_path / precision, steps=2, precision=precision, channels_last=True))
     assert result["precision"] == precision and result["channels_last"] is True
     assert math.isfinite(result["final_loss"]) and result["skipped_steps"] == 0
+
+
+def test_folder_batches_same_from_memory_and_dataloader(orl_root, monkeypatch):
+    """Small folders are held in memory, large ones streamed by a DataLoader started at the
+    step: both give the same batch for the same step (so resume is exact either way), the
+    held-out identities never appear, and labels are renumbered over the training ones."""
+    from nbfacelib.train import data as train_data
+
+    cfg = TrainConfig(
+        data=f"folder:{orl_root}", holdout_ids=10, batch_size=16, input_size=32, steps=1, val=[]
+    )
+    memory = train_data.TrainBatches(cfg, torch.device("cpu"))
+    assert memory.images is not None and memory.num_classes == 30 and memory.num_images == 300
+    monkeypatch.setattr(train_data, "IN_MEMORY_MAX", 0)
+    streamed = train_data.TrainBatches(cfg, torch.device("cpu"))
+    assert streamed.images is None
+    for step in (0, 1, 30):  # 30 is past the first epoch (18 steps of 16)
+        (xa, ya), (xb, yb) = memory.batch(step), streamed.batch(step)
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+        assert xa.shape == (16, 3, 32, 32) and int(ya.max()) < 30
