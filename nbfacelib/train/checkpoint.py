@@ -74,8 +74,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(  # noqa: NPY002
         (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a map_location may have moved it
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])

@@ -168,7 +168,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
 
     start_step = step
     # --- loop ------------------------------------------------------------------------------
-    metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    # a fresh run starts a fresh metrics file; a resumed one appends after its checkpoint
+    mode = "a" if step > 0 else "w"
+    metrics_file = open(out / "metrics.jsonl", mode) if rank == 0 else None  # noqa: SIM115
     bar = _progress(cfg.progress and rank == 0, total_steps, step)
     losses: list[float] = []
     first_loss = last_loss = float("nan")
