@@ -316,6 +316,9 @@ def test_mixed_precision_and_channels_last_run_on_cpu(tmp_path, precision):
     result = fit(tiny(tmp_path / precision, steps=2, precision=precision, channels_last=True))
     assert result["precision"] == precision and result["channels_last"] is True
     assert math.isfinite(result["final_loss"]) and result["skipped_steps"] == 0
+    if precision == "fp16":  # the first step at scale 2**16 overflows: the scaler skips it
+        assert result["fp16_overflow_steps"] >= 1
+        assert metrics(tmp_path / precision)[-1]["fp16_overflow_steps"] == result["fp16_overflow_steps"]
 
 
 def test_folder_batches_same_from_memory_and_dataloader(orl_root, monkeypatch):

@@ -74,6 +74,7 @@ class TrainBatches:
             self.images = torch.stack([self._read(i) for i in self.indices])
         self._loader = None
         self._next_step = None
+        self._perm: tuple[int, torch.Tensor] | None = None
 
     def _render(self, identities: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
@@ -115,7 +116,9 @@ class TrainBatches:
         n = self.num_images
         per_epoch = n // (self.per_step * self.world)  # steps per epoch; the tail is dropped
         epoch, k = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=_generator(self.cfg.seed, epoch, 3))
+        if self._perm is None or self._perm[0] != epoch:  # one permutation per epoch, kept
+            self._perm = (epoch, torch.randperm(n, generator=_generator(self.cfg.seed, epoch, 3)))
+        perm = self._perm[1]
         start = (k * self.world + self.rank) * self.per_step
         return perm[start : start + self.per_step]
 

@@ -119,7 +119,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         return torch.autocast(device.type, dtype=amp_dtype)
 
     # --- resume ----------------------------------------------------------------------------
-    step, skipped, bad_in_row = 0, 0, 0
+    step, skipped, bad_in_row, overflows = 0, 0, 0, 0
     last_path = out / "last.ckpt"
     if cfg.resume and last_path.is_file():
         state = ckpt_io.load(last_path, map_location=device)
@@ -210,8 +210,11 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                     # scale); otherwise a non-finite gradient is a bad step like a NaN loss
                     finite = bool(torch.isfinite(norm)) or precision == "fp16"
             if finite:
+                scale = scaler.get_scale() if scaler.is_enabled() else 0.0
                 scaler.step(optimizer)
                 scaler.update()
+                # fp16: the GradScaler skips the update and lowers its scale on an overflow
+                overflows += int(scaler.is_enabled() and scaler.get_scale() < scale)
                 bad_in_row = 0
             else:
                 skipped += 1
@@ -254,6 +257,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                     images_per_s=images_since / max(elapsed, 1e-9),
                     skipped_steps=skipped,
                 )
+                if scaler.is_enabled():
+                    record["fp16_overflow_steps"] = overflows
                 losses, tic, images_since = [], time.perf_counter(), 0
             if val_sets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
                 eval_results = evaluate_backbone(backbone, val_sets, data, cfg)
@@ -283,6 +288,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         "first_loss": first_loss,
         "final_loss": last_loss,
         "skipped_steps": skipped,
+        "fp16_overflow_steps": overflows,
         "precision": precision,
         "channels_last": channels_last,
         "device": str(device),
