@@ -178,7 +178,12 @@ def main() -> None:
     ap.add_argument("--difficulty", default="medium")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stages", action="store_true", help="also print the per-stage CPU profile")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)"
+    )
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = 256 if args.quick else args.n
     device = torch.device(args.device)
     print(f"machine: {machine()}; device {device}")
