@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+
+from nbfacelib.machine import describe_machine
 
 PARTS = {
     "synthetic": {},
@@ -102,10 +102,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/does_it_learn")
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}"
-    )
+    print(describe_machine())
     root = Path(args.out)
     results = []
     for part in PARTS if args.part == "all" else [args.part]:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from nbfacelib.machine import describe_machine
 
 
 def one_point(classes: int, rate: float, batch: int, dim: int, steps: int, device: str) -> dict:
@@ -117,10 +118,8 @@ def main() -> None:
         class_counts = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     rates = [float(r) for r in args.rates.split(",")]
 
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"device {device}, batch {args.batch_size}, dim {args.embedding_size}, median of {steps} steps"
-    )
+    print(describe_machine())
+    print(f"device {device}, batch {args.batch_size}, dim {args.embedding_size}, median of {steps} steps")
     print(
         f"{'classes':>9s} {'rate':>5s} {'peak MiB':>9s} {'x r=1':>6s} {'step ms':>8s} {'x r=1':>6s}  memory"
     )

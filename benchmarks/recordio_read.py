@@ -8,40 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"torch {torch.__version__}, load average {load:.1f}"
-    )
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from nbfacelib.machine import best_time as best
+from nbfacelib.machine import describe_machine as machine
 
 
 def faces(n: int, size: int = 112):

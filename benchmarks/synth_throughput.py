@@ -13,26 +13,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import time
 
 import numpy as np
 import torch
 
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"load average {load:.2f} at start"
-    )
+from nbfacelib.machine import describe_machine as machine
 
 
 def _sync(device: torch.device) -> None:

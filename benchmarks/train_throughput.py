@@ -23,27 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (
-        f"CPU {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, GPU {gpu}"
-    )
+from nbfacelib.machine import describe_machine as machine
 
 
 def make_step(

@@ -12,39 +12,11 @@ same work for both methods).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 
 import numpy as np
 
-
-def machine() -> str:
-    import sklearn
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"CPU {cpu}, {os.cpu_count()} cores, python {platform.python_version()}, numpy {np.__version__}, "
-        f"scikit-learn {sklearn.__version__}, torch {torch.__version__}"
-    )
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from nbfacelib.machine import best_time
+from nbfacelib.machine import describe_machine as machine
 
 
 def main() -> None:

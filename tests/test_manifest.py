@@ -219,9 +219,6 @@ def test_synthetic_uri_calls_synthetic_faces(monkeypatch):
 
 
 def test_real_synthetic_through_uri_and_convert(tmp_path):
-    synthetic = pytest.importorskip("nbfacelib.data.synthetic")
-    if not hasattr(synthetic, "SyntheticFaces"):  # another helper's module, possibly mid-edit
-        pytest.skip("nbfacelib.data.synthetic has no SyntheticFaces yet")
     from nbfacelib.data import convert_dataset
 
     ds = open_dataset("synthetic:ids=3,per_id=2,seed=5")
