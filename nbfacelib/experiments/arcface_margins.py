@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nbfacelib.data import transforms
+
 # --------------------------------------------------------------------------------------- C13
 
 
@@ -236,12 +238,8 @@ class EvalSet:
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size), bilinear with antialiasing, as the
-    training engine resizes (``TrainBatches.resize``), so train and test pixels match."""
-    if images.shape[-2:] == (size, size):
-        return images
-    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+    """As the training engine resizes (``TrainBatches.resize``), so train and test pixels match."""
+    return transforms.resize(images, size)
 
 
 def synthetic_eval_set(

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from nbfacelib.data import transforms
 from nbfacelib.train.config import TrainConfig
 
 # Data sets up to this many images are decoded once and held as one uint8 tensor.
@@ -137,11 +137,7 @@ class TrainBatches:
     # --- pixels -------------------------------------------------------------------------------
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> uint8 (N, 3, input_size, input_size) (bilinear, antialiased)."""
-        s = self.cfg.input_size
-        if images.shape[-2:] == (s, s):
-            return images
-        x = F.interpolate(images.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return x.round_().clamp_(0, 255).to(torch.uint8)
+        return transforms.resize(images, self.cfg.input_size)
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
         from nbfacelib.data.transforms import normalize

@@ -361,34 +361,28 @@ def load_backbone(out_dir: str | Path, device: str | torch.device = "cpu") -> nn
 # --------------------------------------------------------------------------- helpers
 
 
-def _optimizer_state_full(optimizer: torch.optim.Optimizer, pfc: nn.Module) -> dict:
-    """Optimizer state with the classifier's per-parameter buffers (momentum, Adam moments)
-    gathered to full size, like the centres, so a run can resume on another world size."""
-    state = optimizer.state_dict()
+def _map_classifier_buffers(state: dict, rows: int, fn) -> dict:
+    """Apply ``fn`` to the optimizer's per-class buffers of the classifier (param group 1):
+    the tensors whose first dimension is ``rows``."""
     pfc_ids = set(state["param_groups"][1]["params"])
     for pid, buffers in state["state"].items():
         if pid in pfc_ids:
             state["state"][pid] = {
-                k: pfc.gather_full(v)
-                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == pfc.num_local
-                else v
+                k: fn(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows else v
                 for k, v in buffers.items()
             }
     return state
+
+
+def _optimizer_state_full(optimizer: torch.optim.Optimizer, pfc: nn.Module) -> dict:
+    """Optimizer state with the classifier's per-parameter buffers (momentum, Adam moments)
+    gathered to full size, like the centres, so a run can resume on another world size."""
+    return _map_classifier_buffers(optimizer.state_dict(), pfc.num_local, pfc.gather_full)
 
 
 def _optimizer_state_for_rank(state: dict, pfc: nn.Module) -> dict:
     """Inverse of :func:`_optimizer_state_full`: keep this rank's rows of the classifier buffers."""
-    pfc_ids = set(state["param_groups"][1]["params"])
-    for pid, buffers in state["state"].items():
-        if pid in pfc_ids:
-            state["state"][pid] = {
-                k: pfc.take_shard(v)
-                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == pfc.num_classes
-                else v
-                for k, v in buffers.items()
-            }
-    return state
+    return _map_classifier_buffers(state, pfc.num_classes, pfc.take_shard)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
