@@ -103,7 +103,10 @@ def _worker(rank, world, port, out_dir):
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    assert nbdist.init_distributed(timeout_s=120) is True  # gloo: no CUDA here; a hang ends in 2 min
+    # gloo: no CUDA here; a hang ends in 2 min. A FileStore, not rank 0's TCPStore: with a TCP
+    # store, rank 0 exiting first could abort rank 1's teardown (SIGABRT, ~1 run in 25).
+    store = f"file://{os.path.join(out_dir, 'store')}"
+    assert nbdist.init_distributed(timeout_s=120, init_method=store) is True
     try:
         assert torch.distributed.get_backend() == "gloo"
         results = {"rank": nbdist.rank(), "world": nbdist.world_size()}

@@ -44,13 +44,18 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+def init_distributed(
+    backend: str | None = None, timeout_s: float = 1800.0, init_method: str = "env://"
+) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Does nothing (returns False) when ``RANK``/``WORLD_SIZE`` are absent, i.e. for a plain
     ``python`` run. ``backend`` defaults to NCCL when CUDA is available, else gloo; with NCCL
     the current CUDA device is set to ``LOCAL_RANK`` first so that collectives and ``.to("cuda")``
     use this process's GPU. Returns True when a process group is (or already was) initialised.
+    ``init_method`` is torchrun's ``env://`` by default; ``file://PATH`` (a FileStore) suits
+    processes started by ``torch.multiprocessing.spawn``, where no rank has to outlive the
+    others to serve the rendezvous store.
     """
     if is_distributed():
         return True
@@ -61,14 +66,24 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> b
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(
-        backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s)
+        backend=backend,
+        init_method=init_method,
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=datetime.timedelta(seconds=timeout_s),
     )
     return True
 
 
 def cleanup_distributed() -> None:
-    """Destroy the default process group if one is initialised (safe to call always)."""
+    """Destroy the default process group if one is initialised (safe to call always).
+
+    Ranks first meet at a barrier: with gloo, a rank that tears down while a peer is still
+    mid-collective or mid-destroy can make the peer's transport thread call std::terminate
+    ("terminate called without an active exception", SIGABRT) -- seen in ~1 of 6 test runs.
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
