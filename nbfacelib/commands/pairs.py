@@ -45,10 +45,8 @@ def register(subparsers) -> None:
 
 
 def _open_dataset(uri):
-    try:
-        from nbfacelib.data import open_dataset
-    except ImportError:
-        from nbfacelib.data.datasets import open_dataset
+    from nbfacelib.data.datasets import open_dataset
+
     return open_dataset(uri)
 
 
