@@ -197,11 +197,12 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                     loss = pfc(embeddings, y) / cfg.grad_accum
                 if step in cfg.inject_nan_steps:
                     loss = loss * float("nan")
-                if not torch.isfinite(loss):
+                value = float(loss.detach())  # the one host sync per micro-batch
+                if not math.isfinite(value):
                     finite = False
                     break
                 scaler.scale(loss).backward()
-                loss_value += float(loss.detach())
+                loss_value += value
             if finite:
                 scaler.unscale_(optimizer)
                 if cfg.clip_grad_norm:
