@@ -407,17 +407,14 @@ def sample_pairs(labels, n_pairs: int, seed: int = 0, nfolds: int = 10):
 
 
 def encode_image(img, quality: int = 95) -> bytes:
-    """uint8 ``(3, H, W)`` tensor/array -> JPEG bytes."""
-    from PIL import Image
+    """uint8 ``(3, H, W)`` tensor/array -> JPEG bytes (``(1, H, W)`` is written as grey)."""
+    from .folder import encode_image as encode_hwc
 
     arr = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[0] not in (1, 3):
         raise ValueError(f"expected a uint8 (3, H, W) image, got {arr.dtype} {arr.shape}")
     arr = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
-    im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=int(quality))
-    return buf.getvalue()
+    return encode_hwc(arr[..., 0] if arr.shape[-1] == 1 else arr, "jpg", quality)
 
 
 def make_pair_set(
