@@ -21,9 +21,3 @@ def data_root() -> Path:
     if beside.is_dir():
         return beside
     return Path.home() / ".nbfacelib" / "data"
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """An absolute path as given, else a path relative to the data root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else data_root() / p
