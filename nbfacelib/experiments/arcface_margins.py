@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nbfacelib.data import transforms
+from nbfacelib.data import transforms  # the engine's resize, so train and test pixels match
 
 # --------------------------------------------------------------------------------------- C13
 
@@ -232,15 +232,6 @@ class EvalSet:
     quality: np.ndarray | None = None
     description: str = ""
 
-    @property
-    def n_pairs(self) -> int:
-        return len(self.issame)
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """As the training engine resizes (``TrainBatches.resize``), so train and test pixels match."""
-    return transforms.resize(images, size)
-
 
 def synthetic_eval_set(
     num_identities: int,
@@ -268,7 +259,7 @@ def synthetic_eval_set(
         img, nuis = ds.render_batch(
             torch.as_tensor(labels[s : s + 256]), torch.as_tensor(samples[s : s + 256])
         )
-        images.append(_resize(img, input_size))
+        images.append(transforms.resize(img, input_size))
         quality.append(nuis["quality"].double().numpy())
     i1, i2, same = sample_pairs(labels, n_pairs, seed=pair_seed)
     return EvalSet(
@@ -296,7 +287,7 @@ def orl_eval_set(
     ds = open_dataset("orl", size=112)
     labels = np.asarray(ds.labels)
     keep = np.arange(len(labels)) if people is None else np.flatnonzero(np.isin(labels + 1, list(people)))
-    images = _resize(torch.stack([ds[int(i)][0] for i in keep]), input_size)
+    images = transforms.resize(torch.stack([ds[int(i)][0] for i in keep]), input_size)
     labels = labels[keep]
     i1, i2, same = sample_pairs(labels, n_pairs, seed=pair_seed)
     who = "people 1-40" if people is None else f"{len(set(labels.tolist()))} people"
