@@ -19,9 +19,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nbfacelib.report.presets import PRESETS
+from nbfacelib.report.presets import PRESETS, read_yaml
 
 Bounds = dict[str, dict[str, float]]  # metric -> {"min": x, "max": y}
 
@@ -31,10 +29,7 @@ def load_bounds(path: str | Path) -> dict[str, dict[str, Bounds]]:
     path = Path(path)
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping notebook -> preset -> metric -> {{min, max}}")
     for nb, presets in data.items():

@@ -62,13 +62,19 @@ def _fix_floats(value: Any) -> Any:
     return value
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (an empty file: ``{}``); a syntax error is a ValueError
+    naming the file. Shared by the presets and the bounds files."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def load_notebook_presets(path: str | Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """The ``notebooks:`` mapping of a presets file, checked for shape (errors name the file)."""
     path = Path(path) if path is not None else PRESETS_FILE
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     block = data.get("notebooks") or {}
