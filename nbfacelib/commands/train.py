@@ -32,19 +32,13 @@ HELP = {
     "inject_nan_steps": argparse.SUPPRESS,
 }
 
-CHOICES = {
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("poly", "cosine"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-}
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def register(subparsers) -> None:
-    from nbfacelib.train.config import TrainConfig
+    from nbfacelib.train.config import CHOICES, TrainConfig
 
     p = subparsers.add_parser(
         "train",

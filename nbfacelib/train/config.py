@@ -19,6 +19,13 @@ from typing import Any
 
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
 
+# the options that take one of a few values (the `nbface train` flags offer the same choices)
+CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("poly", "cosine"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
 
 @dataclass
 class TrainConfig:
@@ -82,12 +89,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.val, str):
             self.val = [v for v in self.val.split(",") if v]
-        choices = {
-            "optimizer": ("sgd", "adamw"),
-            "schedule": ("poly", "cosine"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         positive = ("batch_size", "grad_accum", "embedding_size", "input_size", "max_bad_steps")
