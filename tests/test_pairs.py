@@ -288,10 +288,22 @@ def test_sample_pairs_odd_sizes_and_uneven_identities():
     _check_pairs(labels, i1, i2, same, 437, nfolds=7)
 
 
-def test_sample_pairs_large_pool_uses_rejection_sampling():
-    labels = np.repeat(np.arange(3000), 30)  # 1.3M same pairs: rejection-sampled
+def test_sample_pairs_large_pool_uses_rejection_sampling(monkeypatch):
+    import nbfacelib.data.pairs as pairs_mod
+
+    # 300 identities x 30 per fold: ~40M different pairs per fold, past the enumeration limit.
+    labels = np.repeat(np.arange(3000), 30)
+    proposed = []
+    propose = pairs_mod._propose
+
+    def spy(rng, groups, same, n):
+        proposed.append(same)
+        return propose(rng, groups, same, n)
+
+    monkeypatch.setattr(pairs_mod, "_propose", spy)
     i1, i2, same = sample_pairs(labels, 2000, seed=0)
     _check_pairs(labels, i1, i2, same, 2000)
+    assert False in proposed  # the different pairs came from rejection sampling
 
 
 def test_sample_pairs_borrows_across_folds_with_a_warning():
