@@ -109,7 +109,7 @@ def _roc_metrics(scores, issame, far_targets) -> dict:
     return {"auc": auc, "eer": eer, "tar_at_far": tar}
 
 
-def _check(issame, n) -> np.ndarray:
+def _check(issame, n, nfolds) -> np.ndarray:
     issame = np.asarray(issame)
     if issame.ndim != 1 or len(issame) != n:
         raise ValueError(f"issame must have one entry per pair ({n}), got shape {issame.shape}")
@@ -117,6 +117,8 @@ def _check(issame, n) -> np.ndarray:
         if not np.isin(issame, (0, 1)).all():
             raise ValueError("issame must be booleans (or 0/1)")
         issame = issame.astype(np.bool_)
+    if n < nfolds:
+        raise ValueError(f"{n} pairs cannot be split in {nfolds} folds")
     return issame
 
 
@@ -140,9 +142,7 @@ def evaluate(
     emb1, emb2 = np.asarray(emb1), np.asarray(emb2)
     if emb1.ndim != 2 or emb1.shape != emb2.shape:
         raise ValueError(f"emb1 and emb2 must be (N, D) of the same shape, got {emb1.shape}, {emb2.shape}")
-    issame = _check(issame, len(emb1))
-    if len(issame) < nfolds:
-        raise ValueError(f"{len(issame)} pairs cannot be split in {nfolds} folds")
+    issame = _check(issame, len(emb1), nfolds)
     if not np.issubdtype(emb1.dtype, np.floating):
         emb1, emb2 = emb1.astype(np.float32), emb2.astype(np.float32)
     for name, e in (("emb1", emb1), ("emb2", emb2)):
@@ -174,9 +174,7 @@ def evaluate_scores(
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinity")
-    issame = _check(issame, len(scores))
-    if len(issame) < nfolds:
-        raise ValueError(f"{len(issame)} pairs cannot be split in {nfolds} folds")
+    issame = _check(issame, len(scores), nfolds)
     lo, hi = float(scores.min()), float(scores.max())
     grid = np.linspace(lo, hi, n_thresholds + 1) if hi > lo else np.array([lo])
     # score > t  <=>  -score < -t: reuse the distance code (strict "<") on negated values.
