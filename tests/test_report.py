@@ -179,7 +179,7 @@ def test_load_bounds_checks_shape(tmp_path):
         with pytest.raises(ValueError, match=message) as info:
             load_bounds(f)
         assert str(f) in str(info.value)
-    assert isinstance(load_bounds(REPO / "notebooks" / "bounds.yaml"), dict)
+    assert load_bounds(REPO / "notebooks" / "bounds.yaml")["01_arcface_margins"]["smoke"]
 
 
 # --------------------------------------------------------------------------- widgets helper
