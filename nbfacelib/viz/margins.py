@@ -284,7 +284,7 @@ def norm_histogram_figure(norms: dict[str, np.ndarray]):
 
 def html_table(rows: list[dict], columns: Sequence[str] | None = None, digits: int = 4) -> str:
     """A small HTML table from a list of dicts (no pandas in the environment): floats with
-    ``digits`` significant digits, lists as ``a ± b`` when they are [mean, std]."""
+    ``digits`` significant digits, anything else as ``str`` (HTML-escaped)."""
     columns = list(columns or (rows[0].keys() if rows else []))
 
     def fmt(v: Any) -> str:
