@@ -126,10 +126,9 @@ class TrainBatches:
         from torch.utils.data import DataLoader
 
         if self._loader is None or self._next_step != step:
-            subset = self
             sampler = _StepSampler(self, step)
             self._loader = iter(
-                DataLoader(_Items(subset), batch_sampler=sampler, num_workers=self.cfg.num_workers)
+                DataLoader(_Items(self), batch_sampler=sampler, num_workers=self.cfg.num_workers)
             )
         self._next_step = step + 1
         return next(self._loader)
@@ -140,9 +139,7 @@ class TrainBatches:
         return transforms.resize(images, self.cfg.input_size)
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
-        from nbfacelib.data.transforms import normalize
-
-        return normalize(self.resize(images))
+        return transforms.normalize(self.resize(images))
 
 
 class _Items(torch.utils.data.Dataset):
