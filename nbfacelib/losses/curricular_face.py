@@ -66,7 +66,7 @@ class CurricularFace(MarginHead):
             # The positive column is "hard" too (cos_y > cos(theta_y + m)) but gets overwritten.
             own_target_hard = has_pos & (cos_y > threshold)
             self.last_hard_negatives = hard.sum() - own_target_hard.sum()
-            self.last_negatives = torch.tensor(cos.numel(), device=cos.device) - has_pos.sum()
+            self.last_negatives = cos.numel() - has_pos.sum()  # no host-to-device copy per step
         t = self.t.to(cos.dtype)
         return torch.where(hard, cos * (t + cos), cos)
 
