@@ -37,6 +37,7 @@ from torch import nn
 from nbfacelib.train import checkpoint as ckpt_io
 from nbfacelib.train.config import TrainConfig
 from nbfacelib.train.data import TrainBatches, build_val_sets
+from nbfacelib.train.distributed import local_rank
 from nbfacelib.train.schedule import WarmupDecay, build_scheduler
 
 
@@ -407,13 +408,13 @@ def _gather_objects(obj: Any) -> list[Any]:
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
+            local = local_rank()
             torch.cuda.set_device(local)
             return torch.device("cuda", local)
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", local_rank())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
