@@ -138,7 +138,7 @@ def all_gather_sizes(n: int, device: torch.device | str = "cpu", group=None) -> 
     mine = torch.tensor([n], dtype=torch.int64, device=device)
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, mine, group=group)
-    return [int(t.item()) for t in out]
+    return torch.cat(out).tolist()  # one device-to-host copy, not one per rank
 
 
 def all_gather_rows(x: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
