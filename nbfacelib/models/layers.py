@@ -136,8 +136,3 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
-
-
-def check_divisible(channels: int, groups: int, where: str) -> None:
-    if channels % groups:
-        raise ValueError(f"{where}: {channels} channels are not divisible into {groups} groups")

@@ -39,7 +39,6 @@ from torch import nn
 from nbfacelib.models.layers import (
     ConvBN,
     ConvBNPReLU,
-    check_divisible,
     downsampled_size,
     embedding_batchnorm,
     scaled_channels,
@@ -142,7 +141,6 @@ class MobileFaceNet(nn.Module):
         h1, h2, h3 = 2 * unit, 4 * unit, 8 * unit  # hidden widths 128 / 256 / 512
         last = 8 * unit  # 512
         self.num_features = last
-        check_divisible(c1, unit, "MobileFaceNet stem")
 
         stem2 = (
             ConvBNPReLU(c1, c1, kernel=3, groups=unit)
