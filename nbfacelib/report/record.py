@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nbfacelib.report.stats import Verdict
+
 RECORD_ENV = "NBFACELIB_RECORD"  # path of the JSON file the runner reads back
 HEADLESS_ENV = "NBFACELIB_HEADLESS"  # "1" when executed by the runner (no widgets front-end)
 
@@ -174,17 +176,36 @@ def record(name: str, value: Any) -> None:
     _flush()
 
 
-def claim(id: str, statement: str, measured: dict[str, Any], holds: bool | None) -> None:
+_UNSET: Any = object()
+
+
+def claim(
+    id: str,
+    statement: str | Verdict,
+    measured: dict[str, Any] | None = None,
+    holds: bool | None = _UNSET,
+    context: str = "",
+) -> None:
     """Store the verdict on claim ``id`` of CLAIMS.md and show it as a table.
 
     id: "C1" .. "C21" (anything else is refused).
     statement: what this notebook tested, in one sentence (e.g. "ArcFace >= CosFace > softmax
-        in 10-fold accuracy over 3 seeds, mean - std vs mean + std").
+        in 10-fold accuracy over 3 seeds, mean - std vs mean + std"), or a
+        :class:`~nbfacelib.report.stats.Verdict`, whose rule text, numbers and outcome are
+        taken as they are (then ``measured`` and ``holds`` must not be given).
     measured: the numbers the verdict rests on, {name: number or list of numbers}.
     holds: True (held), False (not held), None (inconclusive at this scale); computed from
         ``measured`` by the notebook, never typed in. numpy.bool_ is accepted, nothing else.
+    context: prefixed to the statement ("accuracy on held-out synthetic pairs, ir_tiny: ").
     Giving a verdict on the same id again replaces the earlier one.
     """
+    if isinstance(statement, Verdict):
+        if measured is not None or holds is not _UNSET:
+            raise TypeError(f"claim {id}: a Verdict carries its numbers and outcome; give neither")
+        statement, measured, holds = statement.rule, statement.measured, statement.holds
+    elif holds is _UNSET:
+        raise TypeError(f"claim {id}: give holds (True, False or None for inconclusive)")
+    statement = f"{context}{statement}" if isinstance(statement, str) else statement
     if not isinstance(id, str) or id not in CLAIMS:
         raise ValueError(f"claim: unknown claim id {id!r}; CLAIMS.md defines C1 .. C{len(CLAIMS)}")
     if not isinstance(statement, str) or not statement.strip():
