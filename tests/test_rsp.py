@@ -42,7 +42,9 @@ def test_grayscale_matches_torchvision():
 
 def test_color_jitter_matches_torchvision_in_the_drawn_order():
     x = batch(n=4)
-    factors = torch.tensor([[0.1, 0.3, 0.2, -0.1], [0.5, 0.6, 0.5, 0.3], [0.3, 0.45, 0.35, 0.05], [0.2, 0.4, 0.3, 0.2]])
+    factors = torch.tensor(
+        [[0.1, 0.3, 0.2, -0.1], [0.5, 0.6, 0.5, 0.3], [0.3, 0.45, 0.35, 0.05], [0.2, 0.4, 0.3, 0.2]]
+    )
     order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]])
     out = color_jitter(x, factors, order)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]

@@ -184,7 +184,9 @@ def random_erase(x: Tensor) -> Tensor:
     n, _, h, w = x.shape
     dev = x.device
     area = torch.empty(n, ERASE_ATTEMPTS, device=dev).uniform_(*ERASE_AREA) * (h * w)
-    log_ar = torch.empty(n, ERASE_ATTEMPTS, device=dev).uniform_(math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]))
+    log_ar = torch.empty(n, ERASE_ATTEMPTS, device=dev).uniform_(
+        math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    )
     ar = log_ar.exp()
     eh = torch.sqrt(area * ar).round().long()
     ew = torch.sqrt(area / ar).round().long()

@@ -97,7 +97,9 @@ def fit_gum_official(entropy: Tensor, iters: int = 1000) -> GUMFit:
         c1 = (rest * x).sum() / n1
         c2 = (rest * x2).sum() / n1
         spread = 3 * c2 - c1**2
-        new_c = torch.where(spread.abs() < 0.001, torch.full_like(c, 0.001), 1.0 / (2 * spread.sqrt() + 1e-10))
+        new_c = torch.where(
+            spread.abs() < 0.001, torch.full_like(c, 0.001), 1.0 / (2 * spread.sqrt() + 1e-10)
+        )
         like = (new_pi * phi + (1 - new_pi) * new_c).sum()
         gamma = torch.where(done, gamma, new_gamma)
         pi = torch.where(done, pi, new_pi)
