@@ -30,7 +30,12 @@ import sys
 from nbfacelib.machine import describe_machine
 
 
-def one_point(classes: int, rate: float, batch: int, dim: int, steps: int, device: str) -> dict:
+def one_point(
+    classes: int, rate: float, batch: int, dim: int, steps: int, device: str, precision: str = "fp32"
+) -> dict:
+    """Peak memory and median step time of Partial FC alone at ``classes`` x ``rate``;
+    ``precision`` "bf16" runs forward under bf16 autocast, as the engine does on CUDA."""
+    import contextlib
     import resource
     import time
 
@@ -54,14 +59,20 @@ def one_point(classes: int, rate: float, batch: int, dim: int, steps: int, devic
     del warm
     emb.grad = None
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pfc = PartialFC(build_margin("arcface"), dim, classes, sample_rate=rate).to(dev)
+    pfc = PartialFC(build_margin("arcface"), dim, classes, sample_rate=rate, device=dev)
     opt = torch.optim.SGD(pfc.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     times = []
     for i in range(steps + 1):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = pfc(emb, labels)
+        with autocast():
+            loss = pfc(emb, labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -83,6 +94,7 @@ def one_point(classes: int, rate: float, batch: int, dim: int, steps: int, devic
         "peak_mib": peak,
         "step_ms": 1000 * times[len(times) // 2],
         "memory": how,
+        "precision": precision,
     }
 
 

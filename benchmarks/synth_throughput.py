@@ -27,10 +27,12 @@ def _sync(device: torch.device) -> None:
 
 
 class Renderer:
-    """Renders batches of ``batch`` faces; ``warm``: 1000 identities whose frontal faces are
-    cached; cold: a new identity for every image."""
+    """Renders batches of ``batch`` faces; ``warm``: ``warm_ids`` identities whose frontal faces
+    are cached; cold: a new identity for every image."""
 
-    def __init__(self, batch: int, device: torch.device, size: int, difficulty: str, warm: bool):
+    def __init__(
+        self, batch: int, device: torch.device, size: int, difficulty: str, warm: bool, warm_ids: int = 1000
+    ):
         from nbfacelib.data import synthetic as S
 
         self.S, self.batch, self.device, self.size, self.difficulty, self.warm = (
@@ -43,16 +45,17 @@ class Renderer:
         )
         self.g = torch.Generator().manual_seed(0)
         self.next_id = 10**6
+        self.warm_ids = warm_ids
         S.BASE_CACHE.clear()
         if warm:
-            for i in range(0, 1000, batch):
-                ids = torch.arange(i, min(i + batch, 1000))
+            for i in range(0, warm_ids, batch):
+                ids = torch.arange(i, min(i + batch, warm_ids))
                 S.render(ids, torch.zeros_like(ids), size=size, difficulty=difficulty, device=device)
 
     def __call__(self) -> float:
         b = self.batch
         if self.warm:
-            ids = torch.randint(1000, (b,), generator=self.g)
+            ids = torch.randint(self.warm_ids, (b,), generator=self.g)
         else:
             ids = torch.arange(self.next_id, self.next_id + b)
             self.next_id += b

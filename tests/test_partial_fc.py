@@ -353,3 +353,14 @@ def test_cuda_single_process_matches_cpu_reference(name):
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32 and torch.isfinite(e.grad).all()
     assert set(labels.tolist()) <= set(sampled.sampled_classes.tolist())
+
+
+def test_centres_are_created_on_the_requested_device_with_the_cpu_draw():
+    """``device=``: 10M centres are drawn where they live (no CPU draw + copy); on the CPU the
+    numbers are those of the default construction (same generator draws)."""
+    torch.manual_seed(3)
+    default = PartialFC(build_margin("arcface"), 8, 50)
+    torch.manual_seed(3)
+    explicit = PartialFC(build_margin("arcface"), 8, 50, device="cpu")
+    assert torch.equal(default.weight, explicit.weight)
+    assert PartialFC(build_margin("arcface"), 8, 50, device="meta").weight.device.type == "meta"

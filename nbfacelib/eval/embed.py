@@ -66,7 +66,6 @@ def embed(
     on CUDA (ignored elsewhere). The model runs in eval mode under ``torch.inference_mode()``
     and its train/eval mode is restored afterwards. ``device`` defaults to the model's.
     """
-    from sklearn.preprocessing import normalize as l2_normalize
     from tqdm.auto import tqdm
 
     from nbfacelib.data.transforms import normalize as pixels
@@ -94,7 +93,13 @@ def embed(
     if not out:
         raise ValueError("no images to embed")
     emb = torch.cat(out).numpy()
-    return l2_normalize(emb) if normalize else emb
+    if not normalize:
+        return emb
+    # imported here, not above: the engine embeds with normalize=False and must run where
+    # scikit-learn is not installed (the GPU machine of benchmarks/gpu_check.sh)
+    from sklearn.preprocessing import normalize as l2_normalize
+
+    return l2_normalize(emb)
 
 
 def evaluate_pair_set(

@@ -93,7 +93,8 @@ class PartialFC(nn.Module):
     on the CPU; :meth:`load_full_state_dict` takes this rank's rows from one, so a run resumes
     on any number of ranks. :meth:`gather_full` / :meth:`take_shard` do the same for any
     per-class tensor (an optimiser's momentum buffer). Build PartialFC after the process group
-    is initialised: the shard is fixed at construction.
+    is initialised: the shard is fixed at construction. ``device``: where the centres are
+    created (default: the CPU; ``.to(device)`` later works as for any module).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class PartialFC(nn.Module):
         sample_rate: float = 1.0,
         group=None,
         backbone_ddp: bool = False,
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         if not isinstance(margin, MarginHead):
@@ -127,7 +129,10 @@ class PartialFC(nn.Module):
         self.num_local = self.shard_sizes[self.rank]
         self.class_start = sum(self.shard_sizes[: self.rank])
         self.num_sample = min(self.num_local, max(1, math.ceil(self.sample_rate * self.num_local)))
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (self.num_local, self.embedding_size)))
+        # drawn where it will live: 10M centres drawn on the CPU and copied over would take
+        # tens of seconds and 20 GB of host memory (same numbers as torch.normal on the CPU)
+        weight = torch.empty(self.num_local, self.embedding_size, device=device).normal_(0.0, 0.01)
+        self.weight = nn.Parameter(weight)
         self.sampled_classes: torch.Tensor | None = None
 
     def _shard_size(self, r: int) -> int:
