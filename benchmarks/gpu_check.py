@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import math
 import signal
@@ -76,6 +77,9 @@ class Sizes:
     verify_pairs: tuple[int, ...] = (6000, 60000)
     verify_reps: tuple[int, int] = (3, 10)
     embed_batch: int = 1024
+    topo_sizes: tuple[int, ...] = (128, 256, 512, 1024)
+    topo_repeat: int = 5
+    topo_memory_sizes: tuple[int, ...] = (128, 1024)
     budgets: dict[str, float] = field(
         default_factory=lambda: {
             "machine": 20,
@@ -83,8 +87,8 @@ class Sizes:
             "partial_fc": 130,
             "render": 35,
             "verification": 50,
-            "topology": 25,
-            "dpap": 15,
+            "topology": 35,
+            "dpap": 5,
         }
     )
     total_budget: float = 470.0  # seconds; the issue's limit is 8 minutes
@@ -113,6 +117,9 @@ class Sizes:
             verify_pairs=(20, 40),
             verify_reps=(1, 1),
             embed_batch=16,
+            topo_sizes=(16, 32),
+            topo_repeat=1,
+            topo_memory_sizes=(8,),
             budgets=dict.fromkeys(SECTIONS, 150.0),
             total_budget=600.0,
         )
@@ -444,7 +451,26 @@ def _optional(rec: dict, module: str, attr: str, device: torch.device, sizes: Si
 
 
 def section_topology(rec, save, device, sizes, deadline) -> None:
-    _optional(rec, "nbfacelib.topology", "benchmark", device, sizes)
+    """H0 persistence pairs on the device (and, where gudhi is installed, against gudhi and the
+    official union-find on the host), and the peak memory of input-space distances against the
+    official B x B x D broadcast: ``benchmarks/topology_speed.py``'s functions, when present."""
+    try:
+        ts = importlib.import_module("benchmarks.topology_speed")
+    except ImportError as exc:
+        rec["status_detail"] = f"absent: benchmarks/topology_speed.py not importable ({exc})"
+        rec["absent"] = True
+        return
+    baselines = importlib.util.find_spec("gudhi") is not None
+    if not baselines:
+        rec["baselines_skipped"] = "gudhi is not installed here: h0_pairs timed alone"
+    rec["h0"] = ts.h0_timings(
+        str(device), sizes=sizes.topo_sizes, repeat=sizes.topo_repeat, baselines=baselines
+    )
+    save()
+    rec["input_distance_memory"] = ts.input_distance_memory(
+        str(device), sizes=sizes.topo_memory_sizes, official_max_b=min(sizes.topo_memory_sizes)
+    )
+    rec["result"] = {"h0": rec["h0"]["rows"], "input_distance_memory": rec["input_distance_memory"]["rows"]}
 
 
 def section_dpap(rec, save, device, sizes, deadline) -> None:
@@ -591,10 +617,31 @@ def markdown(data: dict) -> str:
                     f"| {q['pairs']:,} | {q['images']:,} | {q['seconds']:.2f} | "
                     f"{_fmt(q['images_per_s'])} | {q['amp']} |"
                 )
-    for name in ("topology", "dpap"):
-        s = secs.get(name, {})
-        if s.get("result") is not None:
-            out += ["", f"## {name}", "", "```", json.dumps(s["result"], indent=1, default=str), "```"]
+    topo = secs.get("topology", {})
+    if topo.get("h0"):
+        out += ["", "## H0 persistence pairs (h0_pairs on the device; baselines on the host)", ""]
+        out += [
+            "| B | h0_pairs ms | gudhi ms | union-find ms | x gudhi | x union-find |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for q in topo["h0"]["rows"]:
+            ms = [_fmt(q.get(k) and q[k] * 1e3, ".2f") for k in ("ours_s", "gudhi_s", "uf_s")]
+            ratios = [_fmt(q.get(k), ".1f") for k in ("gudhi_over_ours", "uf_over_ours")]
+            out.append(f"| {q['B']} | {' | '.join(ms)} | {' | '.join(ratios)} |")
+        if topo.get("baselines_skipped"):
+            out.append(f"\n{topo['baselines_skipped']}")
+    if topo.get("input_distance_memory"):
+        out += ["", "| B | input distances | peak MiB | s |", "|---:|---|---:|---:|"]
+        for q in topo["input_distance_memory"]["rows"]:
+            if "error" in q:
+                out.append(f"| {q['B']} | {q['method']} | failed: {q['error']} | |")
+            else:
+                out.append(
+                    f"| {q['B']} | {q['method']} | {_fmt(q['peak_mib'], ',.1f')} | {q['seconds']:.3f} |"
+                )
+    dpap = secs.get("dpap", {})
+    if dpap.get("result") is not None:
+        out += ["", "## DPAP", "", "```", json.dumps(dpap["result"], indent=1, default=str), "```"]
     return "\n".join(out) + "\n"
 
 
