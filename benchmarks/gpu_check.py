@@ -177,7 +177,9 @@ def _free(device: torch.device) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """Out of device memory, also when cuBLAS / cuDNN fail to get their workspace."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
 
 
 # --------------------------------------------------------------------------- sections
@@ -274,6 +276,8 @@ def section_throughput(rec: dict, save, device: torch.device, sizes: Sizes, dead
         _summarise_throughput(rec)
         save()
         _free(device)
+    if compiled:
+        torch._dynamo.reset()  # drop the compiled graphs (and the models they hold) before the next section
 
 
 def _summarise_throughput(rec: dict) -> None:
