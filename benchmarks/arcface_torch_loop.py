@@ -3,7 +3,8 @@
 What arcface_torch ``train_v2.py`` runs per step for ``network="r50"``, ``fp16=True``,
 ``margin_list=(1.0, 0.5, 0.0)`` (ArcFace), SGD, ``gradient_acc=1``: its IResNet (the body under
 ``torch.cuda.amp.autocast(fp16)``, the 512*7*7 -> 512 ``fc`` and ``features`` BatchNorm1d in
-float32), ``PartialFC_V2`` (normalised matmul under fp16 autocast, logits to float32, clamp),
+float32), ``PartialFC_V2`` built with ``fp16=False`` as train_v2 does (normalised matmul in
+float32, clamp),
 ``CombinedMarginLoss`` (ArcFace branch: the margin applied to ``arccos`` of the logits under
 ``torch.no_grad()``, then ``* s``), ``DistCrossEntropyFunc`` (in-place softmax, its closed-form
 backward), ``GradScaler(growth_interval=100)``, unscale, ``clip_grad_norm_(backbone, 5)``,
@@ -241,7 +242,9 @@ def make_step(network: str, images, labels, num_classes: int, device, sample_rat
     layers, width = NETWORKS[network]
     backbone = IResNet(layers, 512, fp16=fp16, width=width).to(device)
     backbone.train()
-    module_partial_fc = PartialFCV2(CombinedMarginLoss(64, 0.5), 512, num_classes, sample_rate, fp16)
+    # train_v2 builds PartialFC_V2 with fp16=False (current master; early versions passed
+    # cfg.fp16): the embeddings leave the backbone in float32 and the cosine matmul runs in it
+    module_partial_fc = PartialFCV2(CombinedMarginLoss(64, 0.5), 512, num_classes, sample_rate, fp16=False)
     module_partial_fc.train().to(device)
     opt = torch.optim.SGD(
         params=[{"params": backbone.parameters()}, {"params": module_partial_fc.parameters()}],
