@@ -15,10 +15,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from nbfacelib.presets import PRESETS, load_notebook_presets, notebook_parameters
 from nbfacelib.report.bounds import load_bounds
 from nbfacelib.report.html import external_script_sources
-from nbfacelib.report.presets import PRESETS, load_notebook_presets
-from nbfacelib.report.runner import describe, find_notebooks, parameters_cell
+from nbfacelib.report.runner import describe, find_notebooks, parameter_defaults, parameters_cell
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -59,6 +59,22 @@ def test_parameters_cell(path):
         assert not unknown, (
             f"presets.yaml notebooks.{path.stem}.{preset} sets {unknown}, unknown to the notebook"
         )
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=_id)
+def test_parameters_cell_defaults_equal_the_smoke_preset(path):
+    """Opened in JupyterLab, a notebook runs its parameters cell as written: that must BE the
+    smoke preset CI runs, so the two cannot drift apart."""
+    defaults = parameter_defaults(nbformat.read(path, as_version=4))
+    assert defaults.get("preset") == "smoke", f"{path.name}: the parameters cell must set preset = 'smoke'"
+    smoke = notebook_parameters(path.stem, "smoke")
+    drift = {
+        k: (defaults.get(k, "<not set>"), v) for k, v in smoke.items() if defaults.get(k, drift_marker) != v
+    }
+    assert not drift, f"{path.name}: parameters cell vs presets.yaml smoke (cell, preset): {drift}"
+
+
+drift_marker = object()
 
 
 def test_presets_and_bounds_name_existing_notebooks():

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from nbfacelib.presets import load_notebook_presets, notebook_parameters, resolve_preset, typed_value
 from nbfacelib.report.bounds import check_bounds, load_bounds
 from nbfacelib.report.html import external_script_sources
-from nbfacelib.report.presets import load_notebook_presets, notebook_parameters, resolve_preset, typed_value
 
 # the module, not the function ``nbfacelib.report.record`` that the package exports
 rec = importlib.import_module("nbfacelib.report.record")
@@ -118,9 +118,9 @@ def test_claim_validates_holds_and_measured(memory_only, capsys):
 
 # --------------------------------------------------------------------------- presets
 def test_presets(tmp_path, monkeypatch):
-    monkeypatch.setattr("nbfacelib.report.presets.cuda_available", lambda: True)
+    monkeypatch.setattr("nbfacelib.presets.cuda_available", lambda: True)
     assert resolve_preset("auto") == "gpu"
-    monkeypatch.setattr("nbfacelib.report.presets.cuda_available", lambda: False)
+    monkeypatch.setattr("nbfacelib.presets.cuda_available", lambda: False)
     assert resolve_preset("auto") == "cpu"
     assert resolve_preset("paper") == "paper"
     with pytest.raises(ValueError, match="unknown preset 'fast'"):

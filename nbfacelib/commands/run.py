@@ -41,7 +41,7 @@ def add_common(p: argparse.ArgumentParser, preset_default: str) -> None:
 
 
 def overrides(pairs: list[list[str]]) -> dict:
-    from nbfacelib.report.presets import typed_value
+    from nbfacelib.presets import typed_value
 
     return {name: typed_value(value) for name, value in pairs}
 

@@ -13,7 +13,7 @@ Only the light recording API is imported here, so a notebook's import stays fast
 notebook by hand at another preset: ``globals().update(notebook_parameters(NAME, "cpu"))``.
 """
 
-from nbfacelib.report.presets import notebook_parameters
+from nbfacelib.presets import notebook_parameters
 from nbfacelib.report.record import CLAIMS, claim, claims, metrics, record, reset, summary, verdict_table
 
 __all__ = [

@@ -19,7 +19,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from nbfacelib.report.presets import PRESETS, read_yaml
+from nbfacelib.presets import PRESETS, read_yaml
 
 Bounds = dict[str, dict[str, float]]  # metric -> {"min": x, "max": y}
 

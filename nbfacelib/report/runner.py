@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from nbfacelib.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.bounds import bounds_for, check_bounds, load_bounds
-from nbfacelib.report.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.record import HEADLESS_ENV, RECORD_ENV, load_records
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # repository root in a source checkout
@@ -94,6 +94,22 @@ def parameters_cell(nb: Any) -> tuple[int, set[str]]:
                 if isinstance(sub, ast.Name):
                     names.add(sub.id)
     return tagged[0], names
+
+
+def parameter_defaults(nb: Any) -> dict[str, Any]:
+    """{name: value} of the assignments in ``nb``'s parameters cell, each value read as a
+    Python literal (a parameters cell holds literals only: papermill replaces them as text);
+    ValueError naming the parameter otherwise."""
+    index, _ = parameters_cell(nb)
+    out: dict[str, Any] = {}
+    for node in ast.parse(nb.cells[index].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            try:
+                out[name] = ast.literal_eval(node.value)
+            except ValueError as exc:
+                raise ValueError(f"parameter {name!r} is not a literal: {ast.unparse(node.value)}") from exc
+    return out
 
 
 def check_parameters(nb: Any, parameters: dict[str, Any]) -> None:

@@ -3,9 +3,10 @@
 One dataclass holds every knob of :func:`nbfacelib.train.fit`; nothing in the engine is a
 constant hard-coded over it (arcface_torch fixes momentum 0.9 and s = 64 in code: here they are
 ``momentum`` and ``loss_kwargs["s"]``). A preset from ``nbfacelib/presets.yaml`` (block
-``train:``) gives the defaults, keyword overrides (the ``nbface train`` flags) win. Unknown keys
-are rejected with an error that names them, so a typo never silently falls back to a default.
-The resolved config is written as ``OUT/config.json`` with every run.
+``train:``, read by :mod:`nbfacelib.presets`, which also resolves ``auto``) gives the
+defaults; keyword overrides (the ``nbface train`` flags) win. Unknown keys are rejected with
+an error that names them, so a typo never silently falls back to a default. The resolved
+config is written as ``OUT/config.json`` with every run.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
-
 # the options that take one of a few values (the `nbface train` flags offer the same choices)
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
-    "schedule": ("poly", "cosine"),
+    "schedule": ("poly", "cosine", "arcface_torch"),  # nbfacelib.train.schedule.KINDS
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
@@ -62,7 +61,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum; AdamW beta1
     weight_decay: float = 5e-4
     warmup_steps: int = 0  # linear warm-up length, optimizer steps
-    schedule: str = "poly"  # poly | cosine, per optimizer step after warm-up
+    schedule: str = "poly"  # poly | cosine | arcface_torch (its PolynomialLRWarmup), per optimizer step
     poly_power: float = 1.0
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     clip_grad_norm: float | None = 5.0  # on the backbone only (as arcface_torch); None: off
@@ -126,16 +125,10 @@ class TrainConfig:
         """
         values: dict[str, Any] = {}
         if name is not None:
-            presets = load_train_presets()
-            if name == "auto":
-                import torch
+            from nbfacelib.presets import train_preset
 
-                name = "gpu" if torch.cuda.is_available() else "cpu"
-            if name not in presets:
-                raise ValueError(
-                    f"unknown train preset {name!r} in {PRESETS_FILE}; known: {', '.join(presets)}"
-                )
-            values.update(presets[name] or {})
+            name, preset_values = train_preset(name)
+            values.update(preset_values)
             values["preset"] = name
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "epochs" in overrides and "steps" not in overrides:
@@ -157,12 +150,3 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-
-
-def load_train_presets() -> dict[str, dict[str, Any]]:
-    """The ``train:`` block of ``nbfacelib/presets.yaml``."""
-    import yaml
-
-    with open(PRESETS_FILE) as fh:
-        doc = yaml.safe_load(fh) or {}
-    return doc.get("train") or {}

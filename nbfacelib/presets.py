@@ -1,17 +1,19 @@
-"""Notebook presets: the ``notebooks:`` block of ``nbfacelib/presets.yaml``.
+"""Presets: the one loader of ``nbfacelib/presets.yaml`` and the one ``auto`` rule.
 
-Format::
+The file has two blocks::
 
+    train:                         # TrainConfig defaults of `nbface train --preset NAME`
+      smoke: {backbone: ir_tiny, steps: 30, ...}
     notebooks:
       01_arcface_margins:          # notebook file name without .ipynb
         smoke: {steps: 30, seeds: [0]}
         cpu:   {steps: 600, seeds: [0, 1, 2]}
-        gpu:   {...}
-        paper: {...}
 
-The runner injects ``preset`` plus these values (then ``-p`` overrides) into the notebook's
-cell tagged ``parameters``. A notebook with no entry runs with its own defaults and only
-``preset`` injected; a notebook with an entry that lacks the requested preset is an error.
+``auto`` (:func:`resolve_preset`) is ``gpu`` where CUDA is available, else ``cpu``, for the
+training presets and the notebook presets alike. The runner injects ``preset`` plus a
+notebook's values (then ``-p`` overrides) into the notebook's cell tagged ``parameters``. A
+notebook with no entry runs with its own defaults and only ``preset`` injected; a notebook
+with an entry that lacks the requested preset is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 PRESETS = ("smoke", "cpu", "gpu", "paper")
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
+PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
 
 # PyYAML follows YAML 1.1, where "1e-3" (no dot) is a string: take it as the float it means.
 _FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -69,6 +71,27 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_train_presets(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The ``train:`` block of a presets file: {preset: {TrainConfig field: value}}."""
+    path = Path(path) if path is not None else PRESETS_FILE
+    data = read_yaml(path)
+    block = data.get("train") or {} if isinstance(data, dict) else None
+    if not isinstance(block, dict):
+        raise ValueError(f"{path}: 'train' must be a mapping of preset -> TrainConfig fields")
+    return {name: {k: _fix_floats(v) for k, v in (values or {}).items()} for name, values in block.items()}
+
+
+def train_preset(name: str, path: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(resolved name, TrainConfig values) of training preset ``name`` (``auto`` resolved)."""
+    name = resolve_preset(name)
+    presets = load_train_presets(path)
+    if name not in presets:
+        raise ValueError(
+            f"unknown train preset {name!r} in {path or PRESETS_FILE}; known: {', '.join(presets)}"
+        )
+    return name, presets[name]
 
 
 def load_notebook_presets(path: str | Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
