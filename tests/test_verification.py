@@ -297,3 +297,26 @@ def test_embed_on_cuda_with_amp_matches_cpu():
     gpu = embed(m.cuda(), imgs, progress=False, amp=True)
     assert next(m.parameters()).is_cuda
     np.testing.assert_allclose(gpu, cpu, atol=5e-3)
+
+
+def test_fast_equals_grid_at_float32_rounded_thresholds():
+    """Distances equal to float32(t) sit just off the float64 grid value t; numpy >= 2 (NEP 50,
+    pinned) compares float32 arrays with a float64 scalar in float64, as the fast path does."""
+    from nbfacelib.eval.verification import THRESHOLDS, _train_accuracies_fast, _train_accuracies_grid
+
+    d = THRESHOLDS[1:200:7].astype(np.float32)  # float32(t) != t for most grid values
+    assert (d.astype(np.float64) != THRESHOLDS[1:200:7]).any()
+    issame = np.arange(len(d)) % 2 == 0
+    fast = _train_accuracies_fast(THRESHOLDS, d, issame)
+    grid = _train_accuracies_grid(THRESHOLDS, d, issame)
+    assert np.array_equal(fast, grid)
+
+
+def test_numpy_2_is_required():
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    pin = next(d for d in deps["dependencies"] if d.startswith("numpy"))
+    assert pin == "numpy>=2", f"pyproject pins {pin!r}; the fast 10-fold path needs numpy >= 2"
+    assert int(np.__version__.split(".")[0]) >= 2

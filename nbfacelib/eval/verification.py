@@ -13,7 +13,12 @@ and population std (``np.std``) over the folds.
 ``method="fast"`` sorts each training fold once and counts, for every threshold at once,
 the pairs below it with ``np.searchsorted(..., side="left")`` (= ``#(d < t)``, the strict
 comparison of the reference). Counts are integers, so the accuracies and the chosen thresholds
-are bit-identical (tested). The reference's second loop (mean TPR/FPR over the grid per fold)
+are bit-identical (tested). This needs numpy >= 2 (pinned in pyproject.toml and
+environment.yml): under NEP 50 promotion the reference's ``np.less(float32 distances, float64
+threshold)`` compares in float64, as the fast path does; numpy 1.x's value-based casting
+rounded the threshold to float32 first, so a distance equal to ``float32(t)`` (just below a
+grid value ``t``) would count as "same" in the fast path and not in the reference. The
+reference's second loop (mean TPR/FPR over the grid per fold)
 is not repeated: the ROC comes from scikit-learn on all pairs instead.
 
 ROC / AUC / EER / TAR@FAR use ``sklearn.metrics.roc_curve`` (AUC = ``auc(fpr, tpr)``, as in
