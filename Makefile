@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PRESET ?= auto
 
-.PHONY: reproduce test lint venv
+.PHONY: reproduce test lint venv lab
 
 # First the data sanity check (raw-pixel baseline on held-out synthetic identities must sit
 # well above chance and below saturation), then every notebook at PRESET (auto: gpu if CUDA).
@@ -20,6 +20,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check nbfacelib tests benchmarks
 
 venv: $(STAMP)
+
+# JupyterLab on notebooks/, run by the venv's Python, so notebooks get the project's kernel
+# (the venv's ipykernel, nbfacelib installed in it) and the widget / plotly extensions.
+lab: $(STAMP)
+	$(PY) -m jupyterlab --notebook-dir=notebooks
 
 # torch/torchvision are pinned to the wheels this machine's pip finds on local disk;
 # on any other machine the same pins come from PyPI.

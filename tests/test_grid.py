@@ -66,6 +66,7 @@ def test_run_grid_trains_once_caches_and_tabulates(tmp_path, monkeypatch):
     acc = t.by_seed("accuracy", variant="arcface", evalset="synthetic")
     assert set(acc) == {0, 3} and all(0 <= v <= 1 for v in acc.values())
     assert acc == t.by_seed("accuracy", variant="arcface-again", evalset="synthetic")
+    assert t.by_variant("accuracy", evalset="synthetic")["arcface"] == acc
     assert {"accuracy", "auc", "acc_q0", "acc_q2"} <= set(t.where(evalset="synthetic").unique("metric"))
     assert {"first_loss", "final_loss", "train_seconds"} <= set(t.where(evalset="train").unique("metric"))
     row = t.where(variant="softmax", seed=3, metric="accuracy").rows

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +58,16 @@ def test_quality_roc_curves_tables(tmp_path):
     assert vr.project_2d(np.random.default_rng(0).normal(size=(20, 8)), method="pca").shape == (20, 2)
     with pytest.raises(ValueError, match="umap"):
         vr.project_2d(np.zeros((3, 2)), method="tsne")
+
+
+def test_viz_never_imports_an_experiment():
+    viz = Path(vr.__file__).parent
+    for path in viz.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            bad = [n for n in names if n.startswith("nbfacelib.experiments")]
+            assert not bad, f"{path.name} imports {bad}"

@@ -139,6 +139,12 @@ class Table:
             out[int(r["seed"])] = float(r["value"])
         return out
 
+    def by_variant(self, metric: str, **match: Any) -> dict[str, dict[int, float]]:
+        """``{variant: {seed: value}}`` of ``metric`` among the rows matching ``match``: the
+        data a :class:`~nbfacelib.report.stats.Rule` naming variants judges."""
+        sel = self.where(metric=metric, **match)
+        return {v: sel.by_seed(metric, variant=v) for v in sel.unique("variant")}
+
     def values(self, metric: str, **match: Any) -> np.ndarray:
         return np.array([float(r["value"]) for r in self.where(metric=metric, **match)])
 
