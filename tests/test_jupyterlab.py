@@ -76,6 +76,8 @@ def lab(tmp_path):
         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
     ]  # fmt: skip
+    if os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses that unless told
+        cmd.append("--allow-root")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -83,12 +85,13 @@ def lab(tmp_path):
         _wait_http(f"{base}/api/status?token={token}", time.monotonic() + 120, proc, log)
         yield base, token, work
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _evaluate(browser: Browser, session: str, expression: str, timeout: float = 60.0):
@@ -131,7 +134,8 @@ def test_notebook_01_sliders_draw_in_jupyterlab(lab, chromium, tmp_path):  # noq
         _evaluate(
             browser,
             session,
-            f"window.jupyterapp.commands.execute('docmanager:open', {{path: '{NOTEBOOK.name}'}})",
+            f"window.jupyterapp.commands.execute('docmanager:open', {{path: '{NOTEBOOK.name}'}})"
+            ".then(() => true)",
         )
         ready = (
             "(async () => { const w = window.jupyterapp.shell.currentWidget;"
@@ -168,6 +172,10 @@ def test_notebook_01_sliders_draw_in_jupyterlab(lab, chromium, tmp_path):  # noq
         ):
             time.sleep(1.0)
             state = json.loads(_evaluate(browser, session, probe))
+        scroll = (
+            f"window.jupyterapp.shell.currentWidget.content.widgets[{cell}].node.scrollIntoView() || true"
+        )
+        _evaluate(browser, session, scroll)
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=60)
         (tmp_path / "lab.png").write_bytes(base64.b64decode(shot["data"]))
         assert not state["errors"], f"cells failed in JupyterLab: {state['errors']}"
