@@ -85,7 +85,7 @@ def load_train_presets(path: str | Path | None = None) -> dict[str, dict[str, An
 
 def train_preset(name: str, path: str | Path | None = None) -> tuple[str, dict[str, Any]]:
     """(resolved name, TrainConfig values) of training preset ``name`` (``auto`` resolved)."""
-    name = resolve_preset(name)
+    name = resolve_preset(name) if name == "auto" else name
     presets = load_train_presets(path)
     if name not in presets:
         raise ValueError(

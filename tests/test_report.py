@@ -125,6 +125,13 @@ def test_presets(tmp_path, monkeypatch):
     assert resolve_preset("paper") == "paper"
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         resolve_preset("fast")
+    # one auto rule: the training presets resolve it the same way
+    from nbfacelib.train import TrainConfig
+
+    assert TrainConfig.from_preset("auto").preset == "cpu"
+    monkeypatch.setattr("nbfacelib.presets.cuda_available", lambda: True)
+    assert TrainConfig.from_preset("auto").preset == "gpu"
+    monkeypatch.setattr("nbfacelib.presets.cuda_available", lambda: False)
 
     f = tmp_path / "presets.yaml"
     f.write_text("train: {}\nnotebooks:\n  nb1:\n    smoke: {steps: 3, lr: 1e-3}\n    cpu: {steps: 300}\n")
