@@ -141,6 +141,7 @@ def test_margin_variants_change_one_base_config():
         "s": 64.0
     }
     assert (by["mbf_tiny"].config.backbone, by["mbf_tiny"].config.loss) == ("mbf_tiny", "arcface")
+    assert by["arcface s=64"].evalsets == ("synthetic",) and by["arcface"].evalsets is None
     # everything else is the base's
     assert all((v.config.steps, v.config.lr, v.config.data) == (5, 0.05, base.data) for v in vs)
 

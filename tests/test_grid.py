@@ -87,5 +87,11 @@ def test_run_grid_trains_once_caches_and_tabulates(tmp_path, monkeypatch):
     again = grid.run_grid(variants[:2], [3, 0], es, tmp_path, log=None)
     assert all(r.cached for r in again.runs)
     assert again.table.by_seed("accuracy", variant="arcface", evalset="synthetic") == acc
+    # a variant may skip evaluation sets; naming one the grid lacks is an error
+    only = grid.Variant("softmax", variants[0].config, evalsets=())
+    skipped = grid.run_grid([only], [0], es, tmp_path, log=None)
+    assert skipped.table.unique("evalset") == ["train"]
+    with pytest.raises(ValueError, match="not in"):
+        grid.run_grid([grid.Variant("x", base, evalsets=["lfw"])], [0], es, tmp_path, log=None)
     with pytest.raises(ValueError, match="distinct"):
         grid.run_grid([variants[0], variants[0]], [0], es, tmp_path, log=None)

@@ -243,24 +243,30 @@ def margin_variants(
     compare_scales: Sequence[float] = (),
     small_backbone: str | None = None,
     small_loss: str = "arcface",
+    compare_on: Sequence[str] | None = ("synthetic",),
 ):
     """The grid of notebook 01, each variant a change of ``base`` (a TrainConfig):
 
     - one variant per loss, named by the loss, every margin head at scale ``scale``;
-    - each margin head again at each of ``compare_scales``, named :func:`scale_name`;
+    - each margin head again at each of ``compare_scales``, named :func:`scale_name`,
+      evaluated on ``compare_on`` only (C14 at that scale needs nothing else);
     - ``small_backbone`` (C15) trained with ``small_loss`` at ``scale``, named by the backbone.
 
     Labels ``backbone``, ``loss`` and ``s`` (None for softmax) go into the table."""
     from nbfacelib.experiments.grid import Variant
 
-    def head(loss: str, s: float, backbone: str, name: str):
+    def head(loss: str, s: float, backbone: str, name: str, on=None):
         kwargs = {"s": float(s)} if loss in MARGIN_LOSSES else {}
         cfg = base.replace(backbone=backbone, loss=loss, loss_kwargs=kwargs)
-        return Variant(name, cfg, {"backbone": backbone, "loss": loss, "s": kwargs.get("s")})
+        return Variant(name, cfg, {"backbone": backbone, "loss": loss, "s": kwargs.get("s")}, on)
 
     out = [head(loss, scale, base.backbone, loss) for loss in losses]
     for s in compare_scales:
-        out += [head(loss, s, base.backbone, scale_name(loss, s)) for loss in losses if loss in MARGIN_LOSSES]
+        out += [
+            head(loss, s, base.backbone, scale_name(loss, s), compare_on)
+            for loss in losses
+            if loss in MARGIN_LOSSES
+        ]
     if small_backbone:
         out.append(head(small_loss, scale, small_backbone, small_backbone))
     return out

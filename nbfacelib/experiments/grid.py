@@ -95,11 +95,14 @@ def _is_synthetic(uri: str) -> bool:
 class Variant:
     """One training recipe of the grid: ``name`` (its label in tables and figures), the
     ``config`` (its seed is replaced by each of the grid's seeds) and extra ``labels`` copied
-    into every table row (e.g. ``{"loss": "arcface", "s": 8.0}``)."""
+    into every table row (e.g. ``{"loss": "arcface", "s": 8.0}``). ``evalsets``: the names of
+    the grid's evaluation sets this variant is evaluated on (None: all), so a side variant can
+    skip an expensive set."""
 
     name: str
     config: TrainConfig
     labels: Mapping[str, Any] = field(default_factory=dict)
+    evalsets: Sequence[str] | None = None
 
 
 # --------------------------------------------------------------------------- table
@@ -300,6 +303,12 @@ def run_grid(
         raise ValueError(f"run_grid: variant names must be distinct, got {names}")
     if not seeds:
         raise ValueError("run_grid: give at least one seed")
+    for v in variants:
+        unknown = sorted(set(v.evalsets or ()) - set(evalsets))
+        if unknown:
+            raise ValueError(
+                f"run_grid: variant {v.name!r} names evaluation sets {unknown} not in {list(evalsets)}"
+            )
     root = Path(root)
     rows: list[dict[str, Any]] = []
     runs: list[Run] = []
@@ -329,6 +338,8 @@ def run_grid(
             model = load_backbone(out, device=_device(summary, cached))
             line = []
             for name, es in evalsets.items():
+                if variant.evalsets is not None and name not in variant.evalsets:
+                    continue
                 res = evaluate_model(model, es)
                 rows.extend(
                     {**base, "evalset": name, "metric": m, "value": v} for m, v in res.metrics.items()
