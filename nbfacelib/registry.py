@@ -24,11 +24,16 @@ class Registry:
 
         return add(fn) if fn is not None else add
 
-    def build(self, name: str, **kwargs: Any) -> Any:
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered as ``name``; an unknown name raises ``ValueError`` listing the
+        known ones."""
         if name not in self._factories:
             known = ", ".join(sorted(self._factories))
             raise ValueError(f"unknown {self.kind} {name!r}; known: {known}")
-        return self._factories[name](**kwargs)
+        return self._factories[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._factories)

@@ -304,7 +304,7 @@ def test_torchrun_two_gloo_ranks_then_resume_on_one(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     state = ckpt_io.load(out / "last.ckpt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["classifier"]["weight"].shape == (16, 32)  # full, gathered centres
+    assert state["objective"]["weight"].shape == (16, 32)  # full, gathered centres
     result = fit(cfg.replace(steps=6, resume=True))
     assert (result["start_step"], result["steps"], result["world_size"]) == (4, 6, 1)
 

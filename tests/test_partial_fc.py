@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from nbfacelib import distributed as nbdist
 from nbfacelib.losses import PartialFC, build_margin
-from nbfacelib.train import distributed as nbdist
 
 D = 6
 SIZES = [3, 5]  # unequal local batches on the two ranks

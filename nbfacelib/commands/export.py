@@ -41,10 +41,12 @@ def export_onnx(out_dir, path, opset: int = 17, tolerance: float = 1e-4, batch_s
     import torch
 
     from nbfacelib.cli import UserError
+    from nbfacelib.models.output import EmbeddingOnly
     from nbfacelib.train import load_backbone
 
-    model = load_backbone(out_dir).float().eval()
-    size = model.input_size
+    backbone = load_backbone(out_dir).float().eval()
+    size = backbone.input_size
+    model = EmbeddingOnly(backbone).eval()  # ONNX takes tensor outputs: the embedding only
     h, w = (size, size) if isinstance(size, int) else size
     example = torch.randn(2, 3, h, w)
     path = Path(path)

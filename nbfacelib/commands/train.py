@@ -18,7 +18,8 @@ import typing
 HELP = {
     "preset": "smoke | cpu | gpu | paper | auto: defaults from presets.yaml (flags override)",
     "backbone": "backbone name (nbface models / nbfacelib.models.list_backbones())",
-    "loss": "margin head name (arcface, cosface, combined, softmax, curricularface, magface, ...)",
+    "loss": "training objective (nbfacelib.losses.list_objectives(): arcface, cosface, curricularface, ...)",
+    "loss_kwargs": 'keywords of the objective, e.g. \'{"s": 64, "m": 0.5}\' for arcface',
     "data": "training data: synthetic:ids=..,per_id=.., folder:PATH, rec:PATH or a manifest name",
     "val": "comma-separated pair sets: a .bin path, synthetic-heldout, or heldout (with --holdout-ids)",
     "steps": "optimizer steps (wins over --epochs)",

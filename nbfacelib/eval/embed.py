@@ -69,6 +69,7 @@ def embed(
     from tqdm.auto import tqdm
 
     from nbfacelib.data.transforms import normalize as pixels
+    from nbfacelib.models.output import as_output
 
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -83,9 +84,9 @@ def embed(
         ):
             for batch in _batches(images, batch_size, num_workers):
                 x = pixels(batch.to(device, non_blocking=True))
-                e = model(x).float()
+                e = as_output(model(x)).embedding.float()
                 if flip:
-                    e = e + model(x.flip(3)).float()
+                    e = e + as_output(model(x.flip(3))).embedding.float()
                 out.append(e.cpu())
                 bar.update(len(batch))
     finally:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbfacelib.train.distributed import all_gather_rows, all_gather_sizes, all_reduce, rank, world_size
+from nbfacelib.distributed import all_gather_rows, all_gather_sizes, all_reduce, rank, world_size
 
 from .margin import MarginHead
 

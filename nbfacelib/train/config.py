@@ -35,9 +35,13 @@ class TrainConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     embedding_size: int = 512
     input_size: int = 112  # pixels; images of another size are resized to input_size^2
-    loss: str = "arcface"  # margin head name in nbfacelib.losses
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"s": 64, "m2": 0.5}
-    sample_rate: float = 1.0  # Partial FC: fraction of class centres sampled per step
+    loss: str = "arcface"  # objective name: nbfacelib.losses.list_objectives()
+    loss_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # the objective's keywords, e.g. {"s": 64, "m": 0.5}
+    sample_rate: float = (
+        1.0  # Partial FC: fraction of class centres sampled per step (objectives that take it)
+    )
 
     # data
     data: str = "synthetic:ids=50,per_id=20,seed=0"
@@ -97,6 +101,15 @@ class TrainConfig:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: must be >= 1")
         if not 0.0 < self.sample_rate <= 1.0:
             raise ValueError(f"config sample_rate={self.sample_rate}: must be in (0, 1]")
+        from nbfacelib.losses import list_objectives  # here, not at import: it loads torch
+
+        if self.loss not in list_objectives():
+            known = ", ".join(list_objectives())
+            raise ValueError(f"config loss={self.loss!r}: not a registered objective; known: {known}")
+        if "sample_rate" in self.loss_kwargs:
+            raise ValueError(
+                "config loss_kwargs: give sample_rate as the config field sample_rate, not in loss_kwargs"
+            )
         if self.steps is None and self.epochs is None:
             raise ValueError("config: give steps or epochs")
         if self.steps is not None and self.steps < 1:

@@ -1,10 +1,15 @@
-"""The training loop: backbone + margin head inside Partial FC, as insightface arcface_torch.
+"""The training loop: a backbone and any objective, as insightface arcface_torch's train_v2.
 
 One flat function, :func:`fit`, that reads top to bottom: set-up (devices, distributed, data,
-model, Partial FC, optimizer, schedule, scaler), optional resume, then the loop: for each
+model, objective, optimizer, schedule, scaler), optional resume, then the loop: for each
 optimizer step, ``grad_accum`` micro-batches (loss divided by ``grad_accum``), a skip of any
 step whose loss or gradient is not finite, clipping of the backbone gradient norm, the
 optimizer and schedule steps, metrics, evaluation and an atomic checkpoint.
+
+The objective is chosen by name (``TrainConfig.loss``, :func:`nbfacelib.losses.build_objective`):
+a margin head inside Partial FC is one kind; the engine knows only the
+:class:`~nbfacelib.losses.objective.Objective` interface (prepare, forward, after_step,
+param_groups, state and snapshot hooks) and never a specific loss.
 
 What differs from arcface_torch, and why:
 - every number comes from :class:`TrainConfig` (momentum, weight decay, clip norm, margin s/m);
@@ -34,10 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from nbfacelib.distributed import local_rank
+from nbfacelib.models.output import as_output
 from nbfacelib.train import checkpoint as ckpt_io
 from nbfacelib.train.config import TrainConfig
 from nbfacelib.train.data import TrainBatches, build_val_sets
-from nbfacelib.train.distributed import local_rank
 from nbfacelib.train.schedule import WarmupDecay, build_scheduler
 
 
@@ -49,10 +55,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     """Train a backbone as ``config`` says; returns a summary dict (steps, final loss, eval
     metrics, skipped steps, paths). Writes ``OUT/config.json``, ``OUT/metrics.jsonl``,
     ``OUT/last.ckpt`` and, at the end, ``OUT/model.safetensors``."""
-    from nbfacelib.losses import build_margin
-    from nbfacelib.losses.partial_fc import PartialFC
+    from nbfacelib import distributed as dist
+    from nbfacelib.losses import Batch, build_objective
     from nbfacelib.models import build_backbone
-    from nbfacelib.train import distributed as dist
 
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -83,16 +88,20 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * data.num_images / (per_step * world)))
     val_sets = build_val_sets(cfg, data) if rank == 0 else {}
 
-    # --- model, Partial FC, optimizer, schedule --------------------------------------------
+    # --- model, objective, optimizer, schedule ---------------------------------------------
     backbone = build_backbone(
         cfg.backbone, embedding_size=cfg.embedding_size, input_size=cfg.input_size, **cfg.backbone_kwargs
     ).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=memory_format)
-    margin = build_margin(cfg.loss, **cfg.loss_kwargs)
-    pfc = PartialFC(
-        margin, cfg.embedding_size, data.num_classes, sample_rate=cfg.sample_rate, backbone_ddp=world > 1
+    objective = build_objective(
+        cfg.loss,
+        embedding_size=cfg.embedding_size,
+        num_classes=data.num_classes,
+        sample_rate=cfg.sample_rate,
+        **cfg.loss_kwargs,
     ).to(device)
+    objective.attach(backbone)
     model: nn.Module = backbone
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -101,7 +110,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     ddp = model  # no_sync() lives on the DDP wrapper, not on a compiled module
     if cfg.compile:
         model = torch.compile(model)
-    params = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]
+    params = [{"params": list(backbone.parameters())}, *objective.param_groups()]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
@@ -125,8 +134,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     if cfg.resume and last_path.is_file():
         state = ckpt_io.load(last_path, map_location=device)
         backbone.load_state_dict(state["model"])
-        pfc.load_full_state_dict(state["classifier"])
-        optimizer.load_state_dict(_optimizer_state_for_rank(state["optimizer"], pfc))
+        objective.load_full_state_dict(state["objective"])
+        optimizer.load_state_dict(_optimizer_state_for_rank(state["optimizer"], optimizer, objective))
         scheduler.load_state_dict(state["scheduler"])
         # the schedule follows *this* config (a resumed run may be given more steps): same
         # factor function, re-evaluated at the restored step
@@ -146,7 +155,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     def save_checkpoint() -> None:
         bad = [
             n
-            for n, t in [*backbone.state_dict().items(), *pfc.state_dict().items()]
+            for n, t in [*backbone.state_dict().items(), *objective.state_dict().items()]
             if t.is_floating_point() and not torch.isfinite(t).all()
         ]
         if bad:  # never write a poisoned state over a good one
@@ -155,8 +164,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             "step": step,
             "skipped_steps": skipped,
             "model": backbone.state_dict(),
-            "classifier": pfc.full_state_dict(),  # gathered centres: resumable on any world size
-            "optimizer": _optimizer_state_full(optimizer, pfc),
+            "objective": objective.full_state_dict(),  # world-size independent (gathered centres)
+            "optimizer": _optimizer_state_full(optimizer, objective),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": _gather_objects(ckpt_io.rng_state()),  # one entry per rank
@@ -174,28 +183,33 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     metrics_file = open(out / "metrics.jsonl", mode) if rank == 0 else None  # noqa: SIM115
     bar = _progress(cfg.progress and rank == 0, total_steps, step)
     losses: list[float] = []
+    logs: dict[str, list] = {}  # the objective's named scalars since the last metrics line
     first_loss = last_loss = float("nan")
     eval_results: dict[str, float] = {}
     tic, images_since = time.perf_counter(), 0
     model.train()
-    pfc.train()
+    objective.train()
     try:
         while step < total_steps:
             images, labels = data.batch(step)
-            loss_value, finite = 0.0, True
-            # BN running statistics move in the forward pass; keep a copy so a skipped step
-            # leaves no trace of a bad batch in them either
+            loss_value, finite, step_logs = 0.0, True, []
+            # BN running statistics move in the forward pass, and so may the objective's state
+            # (CurricularFace's t); keep copies so a skipped step leaves no trace of a bad batch
             buffers = [b.detach().clone() for b in backbone.buffers()]
+            snapshot = objective.snapshot()
             chunks = list(zip(images.split(micro), labels.split(micro), strict=True))
             for i, (x, y) in enumerate(chunks):
                 x = data.to_model_input(x).contiguous(memory_format=memory_format)
+                batch = Batch(images=x, labels=y, step=step, model=model)
+                with torch.no_grad():
+                    x = objective.prepare(x, y, batch)
                 sync = i == len(chunks) - 1 or world == 1
                 # DDP decides in the forward pass whether the next backward all-reduces; the
-                # classifier matmul runs under autocast too (as arcface_torch's fp16 fc), Partial
-                # FC takes the logits to float32 before the margin and the softmax
+                # backbone's embedding head and Partial FC's cosines run in float32 inside
+                # (as in arcface_torch's train_v2), the rest under autocast
                 with contextlib.nullcontext() if sync else ddp.no_sync(), autocast():
-                    embeddings = model(x)
-                    loss = pfc(embeddings, y) / cfg.grad_accum
+                    result = objective(as_output(model(x)), y, batch)
+                loss = result.loss / cfg.grad_accum
                 if step in cfg.inject_nan_steps:
                     loss = loss * float("nan")
                 value = float(loss.detach())  # the one host sync per micro-batch
@@ -204,6 +218,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                     break
                 scaler.scale(loss).backward()
                 loss_value += value
+                step_logs.append(result.logs)
             if finite:
                 scaler.unscale_(optimizer)
                 if cfg.clip_grad_norm:
@@ -218,12 +233,14 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                 # fp16: the GradScaler skips the update and lowers its scale on an overflow
                 overflows += int(scaler.is_enabled() and scaler.get_scale() < scale)
                 bad_in_row = 0
+                objective.after_step(backbone)
             else:
                 skipped += 1
                 bad_in_row += 1
                 with torch.no_grad():
                     for b, saved in zip(backbone.buffers(), buffers, strict=True):
                         b.copy_(saved)
+                objective.restore(snapshot)
             optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():
                 # a skipped step (NaN, or an fp16 overflow the GradScaler skipped) still advances
@@ -237,6 +254,11 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                 last_loss = loss_value
                 first_loss = loss_value if math.isnan(first_loss) else first_loss
                 losses.append(loss_value)
+                for micro_logs in step_logs:
+                    for key, v in micro_logs.items():
+                        logs.setdefault(key, []).append(
+                            v.detach().float() if torch.is_tensor(v) else float(v)
+                        )
             if bad_in_row >= cfg.max_bad_steps:
                 raise TrainingDiverged(
                     f"training stopped at step {step}: loss or gradient not finite for {bad_in_row} "
@@ -261,7 +283,9 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                 )
                 if scaler.is_enabled():
                     record["fp16_overflow_steps"] = overflows
-                losses, tic, images_since = [], time.perf_counter(), 0
+                # the objective's logs: means over the micro-batches of the finite steps
+                record.update({k: float(torch.as_tensor(v).mean()) for k, v in logs.items()})
+                losses, logs, tic, images_since = [], {}, time.perf_counter(), 0
             if val_sets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
                 eval_results = evaluate_backbone(backbone, val_sets, data, cfg)
                 record.update(eval_results)
@@ -363,28 +387,28 @@ def load_backbone(out_dir: str | Path, device: str | torch.device = "cpu") -> nn
 # --------------------------------------------------------------------------- helpers
 
 
-def _map_classifier_buffers(state: dict, rows: int, fn) -> dict:
-    """Apply ``fn`` to the optimizer's per-class buffers of the classifier (param group 1):
-    the tensors whose first dimension is ``rows``."""
-    pfc_ids = set(state["param_groups"][1]["params"])
-    for pid, buffers in state["state"].items():
-        if pid in pfc_ids:
-            state["state"][pid] = {
-                k: fn(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows else v
-                for k, v in buffers.items()
-            }
+def _map_objective_buffers(state: dict, optimizer: torch.optim.Optimizer, objective, fn) -> dict:
+    """Apply ``fn(param, tensor)`` to every tensor of the optimizer state of the objective's
+    parameters. ``state_dict()`` numbers the parameters 0, 1, ... in param-group order."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    mine = {id(p) for p in objective.parameters()}
+    for index, buffers in state["state"].items():
+        param = params[index]
+        if id(param) in mine:
+            state["state"][index] = {k: fn(param, v) if torch.is_tensor(v) else v for k, v in buffers.items()}
     return state
 
 
-def _optimizer_state_full(optimizer: torch.optim.Optimizer, pfc: nn.Module) -> dict:
-    """Optimizer state with the classifier's per-parameter buffers (momentum, Adam moments)
-    gathered to full size, like the centres, so a run can resume on another world size."""
-    return _map_classifier_buffers(optimizer.state_dict(), pfc.num_local, pfc.gather_full)
+def _optimizer_state_full(optimizer: torch.optim.Optimizer, objective) -> dict:
+    """Optimizer state with the buffers (momentum, Adam moments) of the objective's sharded
+    parameters gathered to full size (:meth:`Objective.gather_param_state`), so a run can
+    resume on another world size. Collective: call on every rank."""
+    return _map_objective_buffers(optimizer.state_dict(), optimizer, objective, objective.gather_param_state)
 
 
-def _optimizer_state_for_rank(state: dict, pfc: nn.Module) -> dict:
-    """Inverse of :func:`_optimizer_state_full`: keep this rank's rows of the classifier buffers."""
-    return _map_classifier_buffers(state, pfc.num_classes, pfc.take_shard)
+def _optimizer_state_for_rank(state: dict, optimizer: torch.optim.Optimizer, objective) -> dict:
+    """Inverse of :func:`_optimizer_state_full`: this rank's part of those buffers."""
+    return _map_objective_buffers(state, optimizer, objective, objective.shard_param_state)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -396,7 +420,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _gather_objects(obj: Any) -> list[Any]:
-    from nbfacelib.train import distributed as dist
+    from nbfacelib import distributed as dist
 
     if not dist.is_distributed():
         return [obj]
