@@ -157,14 +157,17 @@ def metrics(out: Path) -> list[dict]:
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, one_thread):
+    """`nbface train`, SIGKILL after its first checkpoint, `--resume`: the same bytes as an
+    uninterrupted run. By the kill, the uninterrupted run has rendered most of the 64 images;
+    the resumed one starts with an empty render cache (issue 7's drift came from there)."""
     from nbfacelib.train import fit
 
-    steps, every = 8, 2
-    fit(tiny(tmp_path / "straight", steps=steps, ckpt_every=every))
+    steps, every = 10, 4
+    fit(tiny(tmp_path / "straight", steps=steps, ckpt_every=every, batch_size=32))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "nbfacelib", "train", "--preset", "smoke", "--out", str(killed)]
-    cfg = tiny(killed, steps=steps, ckpt_every=every)
+    cfg = tiny(killed, steps=steps, ckpt_every=every, batch_size=32)
     keys = (
         "steps",
         "batch_size",
@@ -218,6 +221,32 @@ def test_nan_step_is_skipped_without_any_update(tmp_path):
     a, b = weights(tmp_path / "three"), weights(tmp_path / "four")
     for k in a:  # parameters and BN running statistics untouched by the skipped step
         assert torch.equal(a[k], b[k]), k
+
+
+def test_skipped_step_leaves_curricularface_t_unchanged(tmp_path):
+    """CurricularFace moves t in its forward pass; a step skipped after that forward must put
+    t back (one inf embedding used to make t NaN for the rest of the run)."""
+    from nbfacelib.train import fit
+
+    common = dict(warmup_steps=0, poly_power=0.0, loss="curricularface")
+    fit(tiny(tmp_path / "three", steps=3, **common))
+    fit(tiny(tmp_path / "four", steps=4, inject_nan_steps=[3], **common))
+    a, b = (ckpt_io.load(tmp_path / run / "last.ckpt")["objective"] for run in ("three", "four"))
+    assert float(a["margin.t"]) != 0.0  # t did move in the three good steps
+    assert torch.equal(a["margin.t"], b["margin.t"])
+
+
+def test_synthetic_batches_do_not_depend_on_the_steps_before():
+    """A run resumed at step 10 (empty render cache) gets the batches an uninterrupted run
+    gets. Issue 7: the renderer's pixels depend on the batch it renders in, and the cache kept
+    whatever a step happened to miss, so the smoke preset's resumed run saw other pixels from
+    step 35 on (its losses drifted from step 40)."""
+    from nbfacelib.train.data import TrainBatches
+
+    cfg = TrainConfig.from_preset("smoke", steps=40)
+    uninterrupted, resumed = TrainBatches(cfg, torch.device("cpu")), TrainBatches(cfg, torch.device("cpu"))
+    first = {s: uninterrupted.batch(s)[0] for s in range(40)}
+    assert [s for s in range(10, 40) if not torch.equal(first[s], resumed.batch(s)[0])] == []
 
 
 def test_nan_steps_in_a_row_stop_training_and_never_checkpoint(tmp_path):

@@ -22,6 +22,9 @@ from nbfacelib.train.config import TrainConfig
 # Data sets up to this many images are decoded once and held as one uint8 tensor.
 IN_MEMORY_MAX = 20_000
 
+# The synthetic render cache is filled in fixed blocks of this many consecutive images.
+RENDER_BLOCK = 256
+
 
 def _generator(*key: int) -> torch.Generator:
     # SeedSequence mixes the parts so that (seed, step) pairs never collide
@@ -45,8 +48,12 @@ class TrainBatches:
             self.num_classes = int(self.dataset.num_identities)
             self.per_id = int(self.dataset.per_identity)
             self.num_images = self.num_classes * self.per_id
-            # An image is a pure function of (identity, sample): cache each one the first time it
-            # is rendered when the whole set fits in cache_mb (batches are unchanged by it)
+            # Keep rendered images when the whole set fits in cache_mb. The renderer's pixels
+            # depend (by one grey level, here and there) on which images share its batch: its
+            # vectorised kernels take another path for batches of 8 or more. So the cache is
+            # filled in fixed blocks (RENDER_BLOCK consecutive images), never with the images
+            # a step happens to miss: a cached image must not depend on which steps came
+            # before, or a resumed run (empty cache) sees other pixels than an uninterrupted one.
             s = self.dataset.size
             self.cache = None
             if self.num_images * 3 * s * s <= cfg.cache_mb * 2**20:
@@ -80,11 +87,12 @@ class TrainBatches:
         if self.cache is None:
             return self.dataset.render_batch(identities, samples, device=self.device)[0]
         index = (identities * self.per_id + samples).to(self.device)
-        missing = torch.unique(index[~self.cached[index]])
-        if missing.numel():
-            ids, smp = (missing // self.per_id).cpu(), (missing % self.per_id).cpu()
-            self.cache[missing] = self.dataset.render_batch(ids, smp, device=self.device)[0]
-            self.cached[missing] = True
+        for block in torch.unique(index[~self.cached[index]] // RENDER_BLOCK).tolist():
+            start = block * RENDER_BLOCK
+            flat = torch.arange(start, min(start + RENDER_BLOCK, self.num_images))
+            ids, smp = flat // self.per_id, flat % self.per_id
+            self.cache[start : start + len(flat)] = self.dataset.render_batch(ids, smp, device=self.device)[0]
+            self.cached[start : start + len(flat)] = True
         return self.cache[index]
 
     def _read(self, i: int) -> torch.Tensor:
