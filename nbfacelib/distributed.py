@@ -1,4 +1,4 @@
-"""Small ``torch.distributed`` helpers shared by the training engine and Partial FC.
+"""Small ``torch.distributed`` helpers shared by the losses (Partial FC) and the training engine.
 
 Nothing here touches the process group at import time: every helper answers for a single
 process (rank 0 of 1, collectives are no-ops) until :func:`init_distributed` (or the caller)

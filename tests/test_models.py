@@ -322,3 +322,21 @@ def test_cuda_channels_last_bf16(name):
             low = model(x)
     cos = torch.nn.functional.cosine_similarity(low.float(), ref, dim=1)
     assert (cos > 0.99).all()
+
+
+@pytest.mark.parametrize("name, head", [("ir_tiny", "fc"), ("mbf_tiny", "features")])
+def test_embedding_head_runs_in_float32_under_autocast(name, head):
+    """arcface_torch runs the backbone's embedding head (IResNet fc + features, MobileFaceNet
+    conv_sep + GDC) outside its autocast, in float32; so do we (CPU bf16 autocast here)."""
+    torch.manual_seed(0)
+    model = build_backbone(name, embedding_size=64).eval()
+    x = images(model, batch=2)
+    dtypes = {}
+    module = getattr(model, head)
+    module.register_forward_hook(lambda m, inp, out: dtypes.update(input=inp[0].dtype, output=out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert dtypes == {"input": torch.float32, "output": torch.float32}
+    assert low.dtype == torch.float32
+    with torch.no_grad():  # without autocast nothing changes: a float64 model stays float64
+        assert model.double()(x.double()).dtype == torch.float64

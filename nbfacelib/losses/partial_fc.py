@@ -75,7 +75,8 @@ class PartialFC(nn.Module):
        centres get a zero gradient (an optimiser with momentum or weight decay still moves
        them, as in arcface_torch);
     4. cosine logits ``normalize(x) normalize(w)^T`` clamped to [-1, 1] (raw ``x w^T`` for plain
-       :class:`~nbfacelib.losses.margin.Softmax`), computed at least in float32 after the matmul, then
+       :class:`~nbfacelib.losses.margin.Softmax`), computed in float32 (float64 stays) with
+       autocast off, as arcface_torch's train_v2, then
        ``margin.apply_margin`` (norms passed when the head needs them);
     5. softmax cross-entropy with the row max, sum of exponentials and target logit all-reduced;
        loss = mean over the global batch, the same value on every rank; the head's regulariser
@@ -183,10 +184,13 @@ class PartialFC(nn.Module):
             self.sampled_classes = index + self.class_start
 
         norms = _wide(emb).norm(dim=1) if self.margin.needs_norms else None
-        if self.margin.normalize:
-            logits = _wide(F.linear(F.normalize(emb), F.normalize(weight))).clamp(-1.0, 1.0)
-        else:
-            logits = _wide(F.linear(emb, weight))
+        # float32 (or float64) with autocast off, as arcface_torch's train_v2 (PartialFC_V2 with
+        # fp16=False): a bf16 matmul puts ~5e-3 rad of error on the angles the margin acts on
+        with torch.autocast(emb.device.type, enabled=False):
+            if self.margin.normalize:
+                logits = F.linear(F.normalize(_wide(emb)), F.normalize(_wide(weight))).clamp(-1.0, 1.0)
+            else:
+                logits = F.linear(_wide(emb), _wide(weight))
         all_reduce_fn = self._all_reduce_sum if self.world_size > 1 else None
         logits = self.margin.apply_margin(logits, local, norms, all_reduce_fn)
         loss = _ShardedCrossEntropy.apply(logits, local, self.group)

@@ -17,10 +17,14 @@ them, including families added later):
 - attributes ``embedding_size``, ``input_size`` (int or (H, W)), ``num_features``;
 - constructor / factory keywords shared by all families: ``embedding_size``, ``input_size``,
   ``dropout``; depth/width families also take ``layers`` and ``width``;
-- no ``fp16`` argument and no autocast inside ``forward``. arcface_torch wraps its forward in
-  ``torch.cuda.amp.autocast(fp16)`` and casts back with ``.float()``; we leave precision to the
-  training engine's autocast so one switch sets it for backbone, loss and Partial FC together
-  (bf16 or fp16), the model runs unchanged on CPU / ONNX export, and nothing is cast twice.
+- no ``fp16`` argument: precision is the training engine's autocast (one switch for backbone,
+  loss and Partial FC). As in arcface_torch, whose forward runs under ``autocast(fp16)`` except
+  the embedding head, the head (IResNet ``fc`` + ``features``, MobileFaceNet ``conv_sep`` + GDC)
+  runs in float32 with autocast off (``layers.float32_head``), so the embedding is float32;
+  without autocast the model runs as it is (CPU, ONNX export, a model cast to half).
+- ``forward`` may return a :class:`~nbfacelib.models.output.BackboneOutput` instead of the
+  embedding tensor (patch weights, a PFE variance, named features); callers read it through
+  ``as_output(model(x)).embedding``.
 
 IResNet and MobileFaceNet keep arcface_torch's module names, so its released backbone weights
 load as they are: ``model.load_state_dict(torch.load("backbone.pth", weights_only=True))``.

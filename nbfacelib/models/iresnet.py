@@ -48,6 +48,7 @@ from nbfacelib.models.layers import (
     conv3x3,
     downsampled_size,
     embedding_batchnorm,
+    float32_head,
     scaled_channels,
 )
 from nbfacelib.models.registry import register_backbone
@@ -166,7 +167,10 @@ class IResNet(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map -> (B, embedding_size) embedding, not L2-normalised."""
         x = torch.flatten(self.bn2(x), 1)  # logical (C, H, W) order, also for channels-last input
-        return self.features(self.fc(self.dropout(x)))
+        return float32_head(self._embedding_head, self.dropout(x))
+
+    def _embedding_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.fc(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

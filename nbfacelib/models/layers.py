@@ -15,6 +15,18 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
 
+def float32_head(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in float32 even under autocast: a backbone's embedding head (IResNet's
+    ``fc`` + ``features``, MobileFaceNet's ``conv_sep`` + GDC ``features``) runs outside the
+    autocast region in arcface_torch (``self.fc(x.float() if self.fp16 else x)``), because a
+    bf16 / fp16 embedding would carry ~3 significant digits into the margin's angles.
+    Without autocast ``module(x)`` runs as it is (a model cast to half stays half)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return module(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+
+
 def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """``112 -> (112, 112)``; a pair stays a pair (height, width)."""
     if isinstance(size, int):

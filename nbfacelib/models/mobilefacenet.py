@@ -41,6 +41,7 @@ from nbfacelib.models.layers import (
     ConvBNPReLU,
     downsampled_size,
     embedding_batchnorm,
+    float32_head,
     scaled_channels,
 )
 from nbfacelib.models.registry import register_backbone
@@ -178,11 +179,11 @@ class MobileFaceNet(nn.Module):
         """(B, 3, H, W) -> (B, num_features, *feature_size): the map the GDC head pools."""
         for layer in self.layers:
             x = layer(x)
-        return self.conv_sep(x)
+        return float32_head(self.conv_sep, x)  # float32 from here on, as arcface_torch
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map -> (B, embedding_size) embedding, not L2-normalised."""
-        return self.features(x)
+        return float32_head(self.features, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
