@@ -117,11 +117,17 @@ def test_rng_state_roundtrip_weights_only(tmp_path):
 # unless the test is about it. Each takes a second or two.
 
 
+THREADS = 2
+
+
 @pytest.fixture
-def one_thread():
-    """Bit-identical comparisons with a subprocess need the same intra-op thread count."""
+def two_threads():
+    """Two intra-op threads here and (OMP_NUM_THREADS) in a subprocess: bit-identical
+    comparisons need the same count on both sides, and it must be more than one, because with
+    one thread the synthetic renderer's pixels do not depend on the batch it renders in, which
+    would hide issue 7's resume drift."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
 
@@ -156,18 +162,29 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path, one_thread):
+def test_resume_after_sigkill_is_bit_identical(tmp_path, two_threads):
     """`nbface train`, SIGKILL after its first checkpoint, `--resume`: the same bytes as an
-    uninterrupted run. By the kill, the uninterrupted run has rendered most of the 64 images;
-    the resumed one starts with an empty render cache (issue 7's drift came from there)."""
+    uninterrupted run. The faces are fed at their rendered size (112) to a very thin IResNet:
+    by the kill the uninterrupted run has rendered most of the 64 images and the resumed one
+    starts with an empty render cache; before the cache was filled in fixed blocks, step 9's
+    batch differed by two pixels between the two (issue 7's drift, here in a few seconds)."""
     from nbfacelib.train import fit
 
     steps, every = 10, 4
-    fit(tiny(tmp_path / "straight", steps=steps, ckpt_every=every, batch_size=32))
+    run = dict(
+        steps=steps,
+        ckpt_every=every,
+        batch_size=32,
+        input_size=112,
+        backbone_kwargs={"width": 0.0625},
+        data="synthetic:ids=16,per_id=4,seed=2",
+    )
+    fit(tiny(tmp_path / "straight", **run))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "nbfacelib", "train", "--preset", "smoke", "--out", str(killed)]
-    cfg = tiny(killed, steps=steps, ckpt_every=every, batch_size=32)
+    cfg = tiny(killed, **run)
+    cmd += ["--backbone-kwargs", json.dumps(cfg.backbone_kwargs)]
     keys = (
         "steps",
         "batch_size",
@@ -181,7 +198,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, one_thread):
     for key in keys:
         cmd += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
     cmd += ["--val", "", "--deterministic", "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO
     )
@@ -236,7 +253,7 @@ def test_skipped_step_leaves_curricularface_t_unchanged(tmp_path):
     assert torch.equal(a["margin.t"], b["margin.t"])
 
 
-def test_synthetic_batches_do_not_depend_on_the_steps_before():
+def test_synthetic_batches_do_not_depend_on_the_steps_before(two_threads):
     """A run resumed at step 10 (empty render cache) gets the batches an uninterrupted run
     gets. Issue 7: the renderer's pixels depend on the batch it renders in, and the cache kept
     whatever a step happened to miss, so the smoke preset's resumed run saw other pixels from
