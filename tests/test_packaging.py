@@ -42,3 +42,30 @@ def test_makefile_has_the_readme_commands():
         assert f"make {cmd}" in readme
         assert re.search(rf"^{cmd}:", makefile, re.M), f"Makefile lacks target {cmd}"
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_layers_import_only_downwards():
+    """Data flows data -> model -> objective -> engine -> eval -> report: the figures never
+    import an experiment, and the losses and the training engine do not import each other
+    (both use nbfacelib.distributed)."""
+    pkg = REPO / "nbfacelib"
+    rules = {"viz": ("nbfacelib.experiments",), "losses": ("nbfacelib.train",)}
+    for layer, forbidden in rules.items():
+        for path in sorted((pkg / layer).rglob("*.py")):
+            bad = [m for m in _imported_modules(path) if m.startswith(forbidden)]
+            assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+    for path in sorted((pkg / "train").rglob("*.py")):
+        bad = [m for m in _imported_modules(path) if m == "nbfacelib.losses.partial_fc"]
+        assert not bad, f"{path.relative_to(REPO)} imports a specific loss: {bad}"
