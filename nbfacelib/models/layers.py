@@ -21,8 +21,9 @@ def float32_head(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     autocast region in arcface_torch (``self.fc(x.float() if self.fp16 else x)``), because a
     bf16 / fp16 embedding would carry ~3 significant digits into the margin's angles.
     Without autocast ``module(x)`` runs as it is (a model cast to half stays half)."""
-    if not torch.is_autocast_enabled(x.device.type):
-        return module(x)
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return module(x)  # no autocast here (or none on this device: meta tensors count MACs)
     with torch.autocast(x.device.type, enabled=False):
         return module(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
 
