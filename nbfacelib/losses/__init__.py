@@ -99,6 +99,8 @@ register_margin(combined, name="combined")
 register_margin(CurricularFace, name="curricularface")
 register_margin(MagFace, name="magface")
 
+# objectives of later issues register themselves on import (they use register_objective above)
+from . import topofr  # noqa: E402, F401
 
 __all__ = [
     "MARGINS",
