@@ -50,8 +50,14 @@ ABLATION: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------ data
-def face_batch(n: int, input_size: int = 64, per_id: int = 4, seed: int = 0, difficulty: str = "medium",
-               identity_offset: int = 0) -> tuple[Tensor, Tensor]:  # fmt: skip
+def face_batch(
+    n: int,
+    input_size: int = 64,
+    per_id: int = 4,
+    seed: int = 0,
+    difficulty: str = "medium",
+    identity_offset: int = 0,
+) -> tuple[Tensor, Tensor]:
     """``n`` synthetic faces (identities ``offset + i // per_id``), rendered at 112 and resized to
     ``input_size`` as training does; returns (float images in [-1, 1], identity labels)."""
     from nbfacelib.data import transforms
@@ -131,8 +137,9 @@ def embed(model: torch.nn.Module, images: Tensor, batch_size: int = 256) -> Tens
 
     model.eval()
     dev = next(model.parameters()).device
-    out = [as_output(model(images[i : i + batch_size].to(dev))).embedding.float().cpu()
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+    out = []
+    for i in range(0, len(images), batch_size):
+        out.append(as_output(model(images[i : i + batch_size].to(dev))).embedding.float().cpu())
     return torch.cat(out)
 
 
@@ -235,9 +242,8 @@ def load_objective(run: Run):
 
 
 def _num_classes(run: Run) -> int:
-    summary = run.summary or {}
-    if "num_classes" in summary:
-        return int(summary["num_classes"])
+    if "num_classes" in (run.summary or {}):  # fit() reports it
+        return int(run.summary["num_classes"])
     from nbfacelib.data import open_dataset
 
     return int(max(open_dataset(run.config.data, size=112).labels)) + 1
