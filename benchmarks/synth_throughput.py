@@ -103,11 +103,12 @@ def interleaved(jobs: dict, rounds: int) -> dict[str, float]:
 
 
 def stages(batch: int, size: int, difficulty: str, reps: int = 5) -> list[tuple[str, float]]:
-    """CPU milliseconds per image of each stage of ``synthetic._render_chunk`` (warm cache)."""
+    """CPU milliseconds per image of each stage of ``synthetic.renderer._render_chunk`` (warm cache)."""
     import torch.nn.functional as F
 
     from nbfacelib.data import degrade
     from nbfacelib.data import synthetic as S
+    from nbfacelib.data.synthetic import face, nuisances, renderer
 
     dev = torch.device("cpu")
     g = torch.Generator().manual_seed(1)
@@ -123,22 +124,23 @@ def stages(batch: int, size: int, difficulty: str, reps: int = 5) -> list[tuple[
     for _ in range(reps):
         ids, samples = torch.randint(500, (batch,), generator=g), torch.randint(10**6, (batch,), generator=g)
         clock[0] = time.process_time()
-        n = S.sample_nuisances(0, ids, samples, difficulty)
+        u = nuisances.nuisance_streams(0, ids, samples)
+        n = nuisances.nuisances_from_streams(u, difficulty)
         p = S.identity_params(ids, 0)
         tick("hash nuisances + identity params")
-        canon = S._base_faces(0, ids, size, dev)
+        canon = renderer.base_faces(0, ids, size, dev)
         tick("base faces (cache lookup)")
-        S._draw_mouth(canon, p, n, size)
-        S._draw_eyelids(canon, p, n, size)
+        face.draw_mouth(canon, p, n, size)
+        face.draw_eyelids(canon, p, n, size)
         tick("expression overlays")
-        occ = S._draw_occluders(canon, p, n, size)
+        occ = face.draw_occluders(canon, p, n, u, size)
         n["occluded"] = (occ * canon[:, 4]).sum((1, 2)) / canon[:, 4].sum((1, 2))
         tick("occluders + occluded fraction")
-        rgba = F.grid_sample(canon[:, :4], S._pose_grid(n, size, dev), align_corners=False)
+        rgba = F.grid_sample(canon[:, :4], renderer.pose_grid(n, size, dev), align_corners=False)
         tick("pose grid + grid_sample")
         gain = torch.stack([n["cast_r"], n["cast_g"], n["cast_b"]], 1) * n["exposure"][:, None]
-        img = (rgba[:, :3] * S._lighting(n, size, dev)).mul_(gain[:, :, None, None])
-        img.addcmul_(1 - rgba[:, 3:4], S._background(n, size, dev, gain))
+        img = (rgba[:, :3] * renderer.lighting(n, size, dev)).mul_(gain[:, :, None, None])
+        img.addcmul_(1 - rgba[:, 3:4], renderer.background(n, u, size, dev, gain))
         tick("lighting + background")
         k = size / 112
         img = degrade.blur(img, n["blur_sigma"] * k, n["motion_length"] * k, n["motion_angle"], inplace=True)
@@ -147,7 +149,9 @@ def stages(batch: int, size: int, difficulty: str, reps: int = 5) -> list[tuple[
         tick("down-sampling")
         idx = (n["noise_sigma"] > 0).nonzero().flatten()
         img.index_copy_(
-            0, idx, degrade.add_noise(img[idx], n["noise_sigma"][idx], S._noise(n["_u"][idx], size, dev))
+            0,
+            idx,
+            degrade.add_noise(img[idx], n["noise_sigma"][idx], renderer.noise_fields(u[idx], size, dev)),
         )
         tick("noise")
         img = degrade.jpeg(img.clamp_(0, 1), n["jpeg_quality"], inplace=True)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from nbfacelib.cli import main
-from nbfacelib.data import degrade
+from nbfacelib.data import degrade, open_dataset
 from nbfacelib.data import synthetic as S
 from nbfacelib.data.synthetic import NUISANCE_KEYS, SyntheticFaces, quality_from_nuisances, render
 
@@ -62,22 +62,6 @@ def test_shapes_dtypes_and_recorded_nuisances(size):
     assert torch.equal(
         imgs[1], render(torch.tensor([13]), torch.tensor([0]), size=size, difficulty="hard")[0][0]
     )
-
-
-def test_batches_iterator():
-    ds = SyntheticFaces(5, 4)
-    got = list(ds.batches(6, steps=2, seed=3))
-    assert len(got) == 2
-    for images, labels in got:
-        assert images.shape == (6, 3, 112, 112) and images.dtype == torch.uint8
-        assert labels.dtype == torch.int64 and 0 <= int(labels.min()) and int(labels.max()) < 5
-    again = next(iter(ds.batches(6, steps=1, seed=3)))
-    assert torch.equal(again[0], got[0][0]) and torch.equal(again[1], got[0][1])
-    ahead = list(ds.batches(6, steps=2, seed=3, prefetch=2))  # background thread, same batches
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ahead, got))
-    it = ds.batches(6, seed=3, prefetch=1)  # endless; stopping early must not hang
-    assert torch.equal(next(it)[0], got[0][0])
-    it.close()
 
 
 def _neutral(**kw):
@@ -179,6 +163,24 @@ def test_near_twins_are_closer_than_strangers():
     assert float(d_twin.median()) < 0.6 * float(d_other.median())
 
 
+def test_a_split_never_starts_inside_a_twin_pair():
+    # ``odd`` is the near twin of ``odd - 1`` at seed 0, so a "held-out" set starting at
+    # ``odd`` after ``odd`` training identities would test on a training face's twin
+    parents = S.twin_parent(torch.arange(400), seed=0)
+    odd = int((parents >= 0).nonzero()[0])
+    assert odd % 2 == 1
+    with pytest.raises(ValueError, match=f"identity_offset={odd} is odd"):
+        SyntheticFaces(3, 2, identity_offset=odd)
+    with pytest.raises(ValueError, match="odd"):
+        open_dataset(f"synthetic:ids=3,per_id=2,offset={odd}")
+    train = SyntheticFaces(odd, 2)  # an odd number of training identities
+    test = train.heldout(5)
+    assert test.identity_offset == odd + 1 and test.per_identity == 2 and test.num_classes == 5
+    held = torch.arange(test.identity_offset, test.identity_offset + 5)
+    assert not bool(torch.isin(S.twin_parent(held, seed=0), torch.arange(odd)).any())
+    assert S.next_split_offset(odd) == odd + 1 and S.next_split_offset(odd + 1) == odd + 1
+
+
 def test_bad_parameters_name_the_parameter():
     with pytest.raises(ValueError, match="difficulty"):
         SyntheticFaces(3, 2, difficulty="x")
@@ -206,6 +208,7 @@ def test_bad_parameters_name_the_parameter():
         (["--ids", "2", "--per-id", "2", "--difficulty", "x"], "--difficulty"),
         (["--ids", "2", "--per-id", "2", "--size", "128"], "--size"),
         (["--ids", "2", "--per-id", "2", "--format", "tar"], "--format"),
+        (["--ids", "2", "--per-id", "2", "--offset", "3"], "--offset"),
     ],
 )
 def test_cli_bad_parameters(tmp_path, capsys, argv, flag):
@@ -216,19 +219,19 @@ def test_cli_bad_parameters(tmp_path, capsys, argv, flag):
 def test_cli_writes_folders_and_csv(tmp_path):
     out = tmp_path / "syn"
     assert (
-        main(["synth", "--ids", "3", "--per-id", "2", "--seed", "4", "--out", str(out), "--offset", "5"]) == 0
+        main(["synth", "--ids", "3", "--per-id", "2", "--seed", "4", "--out", str(out), "--offset", "6"]) == 0
     )
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert folders == ["0000005", "0000006", "0000007"]
+    assert folders == ["0000006", "0000007", "0000008"]
     with open(out / "images.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6
     assert set(["path", "identity", "label", "sample", *NUISANCE_KEYS]) <= set(rows[0])
-    ds = SyntheticFaces(3, 2, seed=4, identity_offset=5)
+    ds = SyntheticFaces(3, 2, seed=4, identity_offset=6)
     for i, row in enumerate(rows):
         png = np.array(Image.open(out / row["path"]))
         assert np.array_equal(png, ds[i][0].permute(1, 2, 0).numpy())  # lossless
-        assert int(row["identity"]) == 5 + i // 2 and int(row["label"]) == i // 2
+        assert int(row["identity"]) == 6 + i // 2 and int(row["label"]) == i // 2
         assert float(row["quality"]) == pytest.approx(ds.nuisances(i)["quality"], rel=1e-4)
     # a second run into the same directory needs --overwrite
     assert main(["synth", "--ids", "1", "--per-id", "1", "--out", str(out)]) == 1
@@ -323,5 +326,3 @@ def test_renders_on_cuda_like_on_cpu():
         assert torch.allclose(ng[k].cpu(), nc[k], rtol=1e-4, atol=1e-4), k
     diff = (gpu.cpu().float() - cpu.float()).abs()
     assert float(diff.mean()) < 2.0  # float rounding may flip a JPEG quantisation step
-    images, labs = next(ds.batches(8, device="cuda", steps=1))
-    assert images.device.type == "cuda" and labs.device.type == "cuda"

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=112, help="image side: 112 (default) or 160")
     p.add_argument("--difficulty", default="medium", help="easy | medium (default) | hard")
     p.add_argument("--format", default="folder", help="folder (default) | rec")
-    p.add_argument("--offset", type=int, default=0, help="first identity (for disjoint splits)")
+    p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
     p.add_argument("--batch-size", type=int, default=256, help="images rendered per batch")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR")
     p.add_argument(
@@ -58,8 +58,11 @@ def _check(args) -> None:
     for flag, val in (("--ids", args.ids), ("--per-id", args.per_id), ("--batch-size", args.batch_size)):
         if val is not None and val < 1:
             raise UserError(f"{flag} {val}: must be >= 1")
-    if args.offset < 0:
-        raise UserError(f"--offset {args.offset}: must be >= 0")
+    if args.offset < 0 or args.offset % 2:
+        raise UserError(
+            f"--offset {args.offset}: must be even and >= 0 (identities 2k and 2k+1 can be near "
+            "twins, so an odd first identity could be the twin of one before the split)"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:

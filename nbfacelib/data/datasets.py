@@ -199,7 +199,7 @@ def describe(ds) -> dict[str, Any]:
         )
         info["index"] = "rebuilt by scanning" if ds.reader.index_rebuilt else str(ds.reader.idx_path)
     else:
-        info["format"] = "synthetic" if "ynthetic" in type(ds).__name__ else type(ds).__name__
+        info["format"] = getattr(ds, "format", type(ds).__name__)
     info["images"] = len(ds)
     n = getattr(ds, "num_classes", None)
     if n is None and hasattr(ds, "labels"):

@@ -72,9 +72,7 @@ def calibrate(
             raise ValueError(f"calibrate: {name}={val!r} must be >= 2")
     t0 = time.perf_counter()
     train = SyntheticFaces(train_ids, per_id, seed=seed, size=size, difficulty=difficulty)
-    test = SyntheticFaces(
-        test_ids, per_id, seed=seed, size=size, difficulty=difficulty, identity_offset=train_ids
-    )
+    test = train.heldout(test_ids)
     train_images, _ = _render_all(train)
     test_images, test_quality = _render_all(test)
     t_render = time.perf_counter() - t0

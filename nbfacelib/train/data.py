@@ -200,17 +200,7 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
     out = {}
     for spec in cfg.val:
         if spec in ("synthetic-heldout", "heldout") and data.synthetic:
-            from nbfacelib.data.synthetic import SyntheticFaces
-
-            ds = data.dataset
-            heldout = SyntheticFaces(
-                cfg.val_ids,
-                ds.per_identity,
-                seed=ds.seed,
-                size=ds.size,
-                difficulty=ds.difficulty,
-                identity_offset=ds.identity_offset + ds.num_identities,
-            )
+            heldout = data.dataset.heldout(cfg.val_ids)
             out["synthetic-heldout"] = synthetic_pairs(heldout, cfg.val_pairs, cfg.seed, data)
             continue
         elif spec == "heldout":
