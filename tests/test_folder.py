@@ -1,5 +1,5 @@
-"""Image folders: natural label order, ignored files, the size rule, grey -> RGB, ORL through
-the data root, the writer."""
+"""Image folders: natural label order, ignored files, the size rule, grey -> RGB, the shipped ORL
+faces, the writer."""
 
 import numpy as np
 import pytest
@@ -43,24 +43,51 @@ def test_labels_follow_natural_folder_order_and_junk_is_ignored(tmp_path):
     assert isinstance(ds.labels, np.ndarray) and ds.class_to_idx["s10"] == 2
 
 
-def test_orl_loads_through_the_data_root(orl_root):
-    from nbfacelib.data.root import data_root
+def test_orl_loads_by_name_with_no_data_root(tmp_path, monkeypatch):
+    from nbfacelib.data import open_dataset
+    from nbfacelib.data.root import bundled_root
 
-    assert orl_root == data_root() / "orl_faces"
-    ds = FolderDataset(orl_root)  # the README beside s1..s40 is ignored
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path / "empty"))  # nothing under the data root
+    ds = open_dataset("orl")  # the copy shipped with the package; its README/NOTICE are ignored
+    shipped = bundled_root() / "orl_faces"
+    assert isinstance(ds, FolderDataset) and ds.root == shipped
     assert len(ds) == 400 and ds.num_classes == 40
     assert ds.classes[:3] == ["s1", "s2", "s3"] and ds.classes[-1] == "s40"
     assert np.bincount(ds.labels).tolist() == [10] * 40
-    assert ds.paths[11].relative_to(orl_root).as_posix() == "s2/2.pgm"
+    assert ds.paths[11].relative_to(shipped).with_suffix("").as_posix() == "s2/2"
     for i in (0, 137, 399):
         x, y = ds[i]
         assert x.dtype == torch.uint8 and x.shape == (3, 112, 112) and y == ds.labels[i]
-        pgm = np.array(Image.open(ds.paths[i]))
-        assert pgm.shape == (112, 92)  # ORL: 92 wide, 112 high, grey
+        grey = np.array(Image.open(ds.paths[i]))
+        assert grey.shape == (112, 92)  # ORL: 92 wide, 112 high, grey
         # rule: longer side already 112 -> no resampling; 10 black columns each side
         assert x[:, :, :10].max() == 0 and x[:, :, 102:].max() == 0
         for c in range(3):
-            assert torch.equal(x[c, :, 10:102], torch.from_numpy(pgm))
+            assert torch.equal(x[c, :, 10:102], torch.from_numpy(grey))
+    assert "Olivetti Research Laboratory" in (shipped / "NOTICE").read_text()
+
+
+def test_shipped_orl_pixels_equal_the_original_pgm_files(orl_pgm):
+    """Lossless: PGM files rebuilt from the shipped PNGs (header + pixels) are byte for byte the
+    distribution's files, whose sha256 listing ships as data_manifests/orl.sha256."""
+    from nbfacelib.data.manifest import image_listing, load_manifest, manifest_dir
+
+    m = load_manifest("orl")
+    assert image_listing(orl_pgm) == (manifest_dir() / m.checksums["listing"]).read_text()
+    shipped = FolderDataset(m.bundled_path(), size=None)
+    original = FolderDataset(orl_pgm, size=None)
+    assert shipped.labels.tolist() == original.labels.tolist()
+    for i in (0, 211, 399):
+        assert torch.equal(shipped[i][0], original[i][0])
+
+
+def test_shipped_files_stay_small():
+    from nbfacelib.data.root import bundled_root
+
+    files = [p for p in bundled_root().rglob("*") if p.is_file()]
+    assert len(files) == 402  # 400 images, README, NOTICE
+    assert max(p.stat().st_size for p in files) < 2 << 20  # the repository's per-file limit
+    assert sum(p.stat().st_size for p in files) < 3 << 20
 
 
 def test_size_rule_pad_crop_stretch():

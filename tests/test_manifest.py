@@ -22,6 +22,7 @@ from nbfacelib.data.manifest import (
     verify,
 )
 from nbfacelib.data.recordio import RecDataset, write_image_rec
+from nbfacelib.data.root import data_root
 
 EXPECTED = {
     "synthetic", "orl", "ms1mv2", "ms1mv3", "glint360k", "webface42m", "casia_webface",
@@ -31,9 +32,9 @@ PAIRS = {"lfw": 6000, "cfp_fp": 7000, "agedb_30": 6000, "calfw": 6000, "cplfw": 
 
 
 @pytest.fixture
-def orl_copy(tmp_path, orl_root, monkeypatch):
-    """A private data root holding a copy of ORL that a test may damage."""
-    shutil.copytree(orl_root, tmp_path / "orl_faces")
+def orl_copy(tmp_path, orl_pgm, monkeypatch):
+    """A private data root holding a copy of the original ORL (PGM) that a test may damage."""
+    shutil.copytree(orl_pgm, tmp_path / "orl_faces")
     for p in (tmp_path / "orl_faces").rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
@@ -88,6 +89,16 @@ def test_verify_orl_passes(orl_root):
     assert statuses["identities"] == statuses["images"] == statuses["tree sha256"] == "ok"
 
 
+def test_verify_checks_the_shipped_orl_against_its_own_listing(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))  # an empty data root: the shipped copy
+    m = load_manifest("orl")
+    report = verify("orl")
+    assert report.ok and report.path == m.bundled_path()
+    tree = next(c for c in report.checks if c.what == "tree sha256")
+    assert tree.expected == m.bundled["checksums"]["tree_sha256"] != m.checksums["tree_sha256"]
+    assert {c.what: c.status for c in report.checks}["sha256 README"] == "ok"
+
+
 def test_verify_altered_copy_fails_naming_data_set_and_file(orl_copy):
     assert verify("orl").ok  # the copy is intact
     f = orl_copy / "s3" / "4.pgm"
@@ -112,9 +123,10 @@ def test_verify_removed_file_fails(orl_copy):
 
 def test_missing_data_set_error_says_how_to_obtain(tmp_path, monkeypatch):
     monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
-    with pytest.raises(DatasetNotFoundError, match="'orl'") as e:
-        verify("orl")
-    assert str(tmp_path / "orl_faces") in str(e.value) and load_manifest("orl").obtain.strip() in str(e.value)
+    with pytest.raises(DatasetNotFoundError, match="'ms1mv2'") as e:
+        verify("ms1mv2")
+    assert str(tmp_path / "faces_emore") in str(e.value)
+    assert load_manifest("ms1mv2").obtain.strip() in str(e.value)
     with pytest.raises(DatasetNotFoundError, match="'ms1mv2'.*InsightFace"):
         open_dataset("ms1mv2")
     with pytest.raises(DatasetNotFoundError, match="lfw.bin"):
@@ -172,7 +184,8 @@ def test_pairs_bin_and_ijb_presence_counts_are_soft_when_unverified(tmp_path, mo
 
 # ---------------------------------------------------------------------------- URIs
 def test_open_dataset_schemes(orl_root, tmp_path):
-    for uri in ("orl", "manifest:orl", "folder:orl_faces", "orl_faces", f"folder:{orl_root}", str(orl_root)):
+    under_root = ("folder:orl_faces", "orl_faces") if orl_root.parent == data_root() else ()
+    for uri in ("orl", "manifest:orl", *under_root, f"folder:{orl_root}", str(orl_root)):
         ds = open_dataset(uri)
         assert isinstance(ds, FolderDataset) and len(ds) == 400 and ds.root == orl_root, uri
     assert open_dataset("orl", size=None)[0][0].shape == (3, 112, 92)
@@ -261,6 +274,8 @@ def test_cli_data_commands(orl_root, tmp_path, monkeypatch, capsys):
     assert back[0][0].shape == (3, 112, 112)
 
     monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path / "empty"))
-    assert main(["data", "verify", "orl"]) == 1
+    assert main(["data", "verify", "orl"]) == 0  # the copy shipped with the package
+    assert "orl: OK" in capsys.readouterr().out
+    assert main(["data", "verify", "agedb_30"]) == 1
     err = capsys.readouterr().err
-    assert "'orl'" in err and "How to obtain it" in err and "Olivetti" in err
+    assert "'agedb_30'" in err and "How to obtain it" in err and "iBUG" in err

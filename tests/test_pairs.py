@@ -429,9 +429,9 @@ def test_cli_pairs_errors(tmp_path, capsys, cli):
     assert "evil.bin" in err and "refused" in err and "Traceback" not in err
 
 
-def test_cli_pairs_make_on_orl_folder(tmp_path, capsys, cli, orl_root):
+def test_cli_pairs_make_on_orl(tmp_path, capsys, cli):
     out = tmp_path / "orl.bin"
-    args = ["pairs", "make", f"folder:{orl_root}", "--pairs", "200", "--out", str(out), "--train-ids", "20"]
+    args = ["pairs", "make", "orl", "--pairs", "200", "--out", str(out), "--train-ids", "20"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 20 identities left, 2 per fold: no cross-fold borrowing
         assert cli.main(args + ["--no-progress"]) == 0

@@ -9,7 +9,10 @@ Fields: ``name``, ``title``, ``format`` (synthetic | folder | rec | pairs-bin | 
 ``identities`` / ``images`` / ``pairs`` (expected counts; ``counts_verified: false`` marks
 figures taken from the publishers' documentation that nobody here could check, whose
 mismatch is a warning rather than a failure), ``required`` (files under the location),
-``checksums``, ``protocol``, ``obtain`` (free text), ``credit``.
+``checksums``, ``protocol``, ``obtain`` (free text), ``credit``, and ``bundled``: where a
+data set also ships inside the package, ``{location: <path under nbfacelib/data/bundled>,
+checksums: {...}}`` (the shipped copy may be stored in another lossless format, hence its own
+checksums). A copy under the data root takes precedence over the shipped one.
 
 Checksums (scheme ``sha256-listing-v1``): ``files`` maps a path under the location to its
 sha256 (``null`` = unknown: never invented); ``tree_sha256`` is the sha256 of the *listing*,
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .root import ENV_VAR as DATA_ENV_VAR
-from .root import data_root
+from .root import bundled_root, data_root
 
 MANIFESTS_ENV = "NBFACELIB_MANIFESTS"
 FORMATS = ("synthetic", "folder", "rec", "pairs-bin", "ijb")
@@ -74,6 +77,7 @@ class Manifest:
     obtain: str = ""
     credit: str = ""
     notes: str = ""
+    bundled: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None  # the yaml file
 
     def candidates(self, root: Path | None = None) -> list[Path]:
@@ -81,12 +85,25 @@ class Manifest:
         locs = [self.location, *self.alternatives] if self.location else list(self.alternatives)
         return [root / loc for loc in locs]
 
+    def bundled_path(self) -> Path | None:
+        """The copy shipped inside the package, if the data set has one."""
+        loc = self.bundled.get("location")
+        return bundled_root() / loc if loc else None
+
     def find(self, root: Path | None = None) -> Path | None:
-        """The first candidate location that exists, else None."""
+        """The first candidate location under the data root that exists, else the copy shipped
+        with the package (if any), else None."""
         for p in self.candidates(root):
             if p.exists():
                 return p
-        return None
+        shipped = self.bundled_path()
+        return shipped if shipped is not None and shipped.exists() else None
+
+    def checksums_for(self, path: Path) -> dict[str, Any]:
+        """The checksums that the copy at ``path`` must match (the shipped copy has its own)."""
+        if path == self.bundled_path():
+            return self.bundled.get("checksums") or {}
+        return self.checksums or {}
 
     def missing_message(self) -> str:
         where = ", ".join(str(p) for p in self.candidates()) or "(no location)"
@@ -131,6 +148,11 @@ def load_manifest(name: str) -> Manifest:
         raise ValueError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
     if raw["format"] not in FORMATS:
         raise ValueError(f"{path}: format {raw['format']!r} is not one of {FORMATS}")
+    bundled = raw.get("bundled")
+    if bundled is not None and (
+        not isinstance(bundled, dict) or set(bundled) - {"location", "checksums"} or "location" not in bundled
+    ):
+        raise ValueError(f"{path}: 'bundled' must be a mapping with 'location' (and 'checksums')")
     raw = {k: v for k, v in raw.items() if v is not None or k in ("identities", "images", "pairs")}
     return Manifest(source=path, **raw)
 
@@ -265,7 +287,7 @@ def _verify_counts(m: Manifest, path: Path, report: VerifyReport, deep: bool) ->
 
 
 def _verify_checksums(m: Manifest, path: Path, report: VerifyReport) -> None:
-    cs = m.checksums or {}
+    cs = m.checksums_for(path)
     base = path if path.is_dir() else path.parent
     for rel, digest in (cs.get("files") or {}).items():
         target = path if (path.is_file() and rel in (".", path.name)) else base / rel

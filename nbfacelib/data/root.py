@@ -1,7 +1,8 @@
-"""Where data sets live: the data root.
+"""Where data sets live: the data root, and the copies shipped with the package.
 
-``NBFACELIB_DATA`` names it. Without it we look for ``../shared/data`` beside the checkout
-(how CI and the developers' machines are laid out), then ``~/.nbfacelib/data``.
+``NBFACELIB_DATA`` names the data root; without it, ``~/.nbfacelib/data``. Data sets small
+enough to ship (the ORL faces) also live inside the package (:func:`bundled_root`), so a
+checkout or a wheel needs nothing beside it; a copy under the data root takes precedence.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import os
 from pathlib import Path
 
 ENV_VAR = "NBFACELIB_DATA"
+DEFAULT_ROOT = Path("~/.nbfacelib/data")
 
 
 def data_root() -> Path:
     env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    beside = repo.parent / "shared" / "data"
-    if beside.is_dir():
-        return beside
-    return Path.home() / ".nbfacelib" / "data"
+    return Path(env or DEFAULT_ROOT).expanduser()
+
+
+def bundled_root() -> Path:
+    """The folder of data sets shipped inside the package (``nbfacelib/data/bundled``)."""
+    return Path(__file__).resolve().parent / "bundled"
