@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "nbfacelib.commands.reproduce",
     "nbfacelib.commands.pairs",
     "nbfacelib.commands.train",
+    "nbfacelib.commands.eval",
     "nbfacelib.commands.export",
     "nbfacelib.commands.data",
     "nbfacelib.commands.synth",

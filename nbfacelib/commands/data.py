@@ -19,7 +19,9 @@ def register(subparsers) -> None:
         description="Print format, identities and images of PATH, a URI (folder:, rec:, synthetic:, "
         "manifest:) or a manifest name.",
     )
-    info.add_argument("target", metavar="PATH|URI|NAME")
+    info.add_argument(
+        "target", metavar="PATH|URI|NAME", help="a folder or .rec path, a URI, or a manifest name (orl)"
+    )
     info.set_defaults(func=_info)
 
     ver = sub.add_parser(
@@ -28,7 +30,7 @@ def register(subparsers) -> None:
         description="Check presence, counts and checksums of data set NAME (see `nbface data list`). "
         "Exit 1, with how to obtain it, when it is missing or altered.",
     )
-    ver.add_argument("name", metavar="NAME")
+    ver.add_argument("name", metavar="NAME", help="the data set's manifest name, e.g. orl or lfw")
     ver.add_argument(
         "--deep", action="store_true", help="also the expensive counts (unpickle .bin, walk big trees)"
     )
@@ -41,8 +43,8 @@ def register(subparsers) -> None:
         "RecordIO (DST/train.rec, or DST itself when it ends in .rec). Without --size the stored "
         "pixels are kept (JPEG bytes copied unchanged).",
     )
-    conv.add_argument("src", metavar="SRC")
-    conv.add_argument("dst", metavar="DST")
+    conv.add_argument("src", metavar="SRC", help="data set to copy: a path, a URI or a manifest name")
+    conv.add_argument("dst", metavar="DST", help="output folder, or a .rec file path")
     conv.add_argument(
         "--to", choices=("folder", "rec"), help="output format (default: rec if DST ends in .rec)"
     )
@@ -57,9 +59,9 @@ def register(subparsers) -> None:
         choices=("mxnet", "dmlc-2015"),
         default="mxnet",
         help="RecordIO framing: mxnet (magic 0xced7230a, what InsightFace files use; default) or "
-        "dmlc-2015 (magic 0x3ed7230a, cflag<<30, as REFERENCE.md describes)",
+        "dmlc-2015 (magic 0x3ed7230a, cflag<<30, the original 2015 layout)",
     )
-    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--no-progress", action="store_true", help="do not draw a progress bar (e.g. in logs)")
     conv.set_defaults(func=_convert)
 
 

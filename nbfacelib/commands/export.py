@@ -16,8 +16,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a trained backbone (ONNX)", description=__doc__)
     p.add_argument("out", help="a `nbface train --out` folder")
     p.add_argument("--onnx", action="store_true", help="write OUT/model.onnx (the only format so far)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--output", default=None, help="ONNX path (default OUT/model.onnx)")
+    p.add_argument(
+        "--opset", type=int, default=17, help="ONNX operator set version to export with (default 17)"
+    )
+    p.add_argument("--output", default=None, help="where to write the ONNX file (default OUT/model.onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed vs PyTorch")
     p.set_defaults(func=run)
 

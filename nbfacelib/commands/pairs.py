@@ -18,8 +18,14 @@ def register(subparsers) -> None:
     m.add_argument(
         "src", metavar="SRC", help="data set URI or path (anything nbfacelib.data.open_dataset takes)"
     )
-    m.add_argument("--pairs", type=int, required=True, metavar="N", help="number of pairs")
-    m.add_argument("--out", required=True, metavar="X.bin", help="output pair set")
+    m.add_argument(
+        "--pairs",
+        type=int,
+        required=True,
+        metavar="N",
+        help="how many pairs to sample, half of them same-identity",
+    )
+    m.add_argument("--out", required=True, metavar="X.bin", help="path of the .bin pair set to write")
     g = m.add_mutually_exclusive_group()
     g.add_argument(
         "--exclude-ids",
@@ -33,14 +39,23 @@ def register(subparsers) -> None:
         metavar="N",
         help="the first N identities (in sorted label order) are the training split: leave them out",
     )
-    m.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    m.add_argument("--folds", type=int, default=10, help="fold blocks (default 10)")
-    m.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sampling: the same seed gives the same pairs (default 0)",
+    )
+    m.add_argument(
+        "--folds", type=int, default=10, help="consecutive fold blocks the pairs are laid out in (default 10)"
+    )
+    m.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored images (default 95)")
+    m.add_argument("--no-progress", action="store_true", help="do not draw a progress bar (e.g. in logs)")
     m.set_defaults(func=_make)
 
     i = sub.add_parser("info", help="summarise a .bin pair set")
-    i.add_argument("path", metavar="X.bin")
+    i.add_argument(
+        "path", metavar="X.bin", help="the pair set to summarise (read with the restricted unpickler)"
+    )
     i.set_defaults(func=_info)
 
 

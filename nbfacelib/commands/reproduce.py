@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     )
     add_common(p, "auto")
     p.add_argument("--only", default=None, help="comma-separated notebook names to run (default: all)")
-    p.add_argument("--notebooks", default=None, help="notebooks folder (default: ./notebooks)")
+    p.add_argument(
+        "--notebooks", default=None, help="folder holding the .ipynb files to run (default: ./notebooks)"
+    )
     p.set_defaults(func=reproduce)
 
 

@@ -21,7 +21,8 @@ def add_common(p: argparse.ArgumentParser, preset_default: str) -> None:
     p.add_argument(
         "--preset",
         default=preset_default,
-        help=f"smoke | cpu | gpu | paper | auto (gpu if CUDA, else cpu); default: {preset_default}",
+        help="size of the run: smoke, cpu, gpu, paper or auto (gpu if CUDA, else cpu); "
+        f"default: {preset_default}",
     )
     p.add_argument(
         "-p",
@@ -32,8 +33,16 @@ def add_common(p: argparse.ArgumentParser, preset_default: str) -> None:
         default=[],
         help="override a notebook parameter (VALUE parsed as YAML); repeatable",
     )
-    p.add_argument("--out", default="reports", help="reports folder (default: reports)")
-    p.add_argument("--bounds", default=None, help="bounds file (default: <notebook dir>/bounds.yaml)")
+    p.add_argument(
+        "--out",
+        default="reports",
+        help="folder the HTML reports and metrics go to, one sub-folder per preset (default: reports)",
+    )
+    p.add_argument(
+        "--bounds",
+        default=None,
+        help="YAML file of metric bounds per preset (default: <notebook dir>/bounds.yaml)",
+    )
     p.add_argument("--presets-file", default=None, help=argparse.SUPPRESS)  # tests
     p.add_argument(
         "--cell-timeout", type=float, default=None, help="seconds allowed per cell (default: no limit)"

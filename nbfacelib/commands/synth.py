@@ -22,14 +22,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("--ids", type=int, default=None, help="number of identities (>= 1)")
     p.add_argument("--per-id", type=int, default=None, help="images per identity (>= 1)")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    p.add_argument("--out", default=None, help="output directory (or the preview PNG path)")
-    p.add_argument("--size", type=int, default=112, help="image side: 112 (default) or 160")
-    p.add_argument("--difficulty", default="medium", help="easy | medium (default) | hard")
-    p.add_argument("--format", default="folder", help="folder (default) | rec")
+    p.add_argument("--seed", type=int, default=0, help="seed of the identities and their images (default 0)")
+    p.add_argument("--out", default=None, help="output directory (or the preview PNG path with --preview)")
+    p.add_argument("--size", type=int, default=112, help="image side in pixels: 112 (default) or 160")
+    p.add_argument(
+        "--difficulty", default="medium", help="how strong the nuisances are: easy, medium (default) or hard"
+    )
+    p.add_argument(
+        "--format",
+        default="folder",
+        help="output: an image folder with images.csv (default) or an InsightFace rec",
+    )
     p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
-    p.add_argument("--batch-size", type=int, default=256, help="images rendered per batch")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images rendered at once (memory vs speed; default 256)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     p.add_argument(
         "--preview",
         action="store_true",

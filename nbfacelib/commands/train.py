@@ -39,7 +39,7 @@ def _flag(name: str) -> str:
 
 
 def register(subparsers) -> None:
-    from nbfacelib.train.config import CHOICES, TrainConfig
+    from nbfacelib.train.config import CHOICES, TrainConfig, field_help
 
     p = subparsers.add_parser(
         "train",
@@ -49,11 +49,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", default="auto", help=HELP["preset"] + " (default: auto)")
     hints = typing.get_type_hints(TrainConfig)
+    described = field_help()
     for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":
             continue
         kind = hints[f.name]
-        text = HELP.get(f.name, f.name.replace("_", " "))
+        text = HELP.get(f.name) or described[f.name]  # a field without a comment is a bug (tested)
         if kind in (bool, bool | None):
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind in (int, int | None):

@@ -28,24 +28,23 @@ CHOICES = {
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run. Units are given where there are any."""
+    """Every option of a training run. Units are given where there are any.
+
+    The comment that ends a field's line is its description: ``nbface train --help`` shows it
+    (:func:`field_help`), so write it as a sentence for a user."""
 
     # what is trained
-    backbone: str = "ir_tiny"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    embedding_size: int = 512
-    input_size: int = 112  # pixels; images of another size are resized to input_size^2
+    backbone: str = "ir_tiny"  # backbone name in nbfacelib.models (list_backbones())
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the backbone
+    embedding_size: int = 512  # dimension of the face embedding the backbone outputs
+    input_size: int = 112  # side of the square model input in pixels; other sizes are resized to it
     loss: str = "arcface"  # objective name: nbfacelib.losses.list_objectives()
-    loss_kwargs: dict[str, Any] = field(
-        default_factory=dict
-    )  # the objective's keywords, e.g. {"s": 64, "m": 0.5}
-    sample_rate: float = (
-        1.0  # Partial FC: fraction of class centres sampled per step (objectives that take it)
-    )
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # the objective's options, e.g. {"s": 64}
+    sample_rate: float = 1.0  # Partial FC: fraction of class centres sampled per step (where taken)
 
     # data
-    data: str = "synthetic:ids=50,per_id=20,seed=0"
-    val: list[str] = field(default_factory=lambda: ["synthetic-heldout"])
+    data: str = "synthetic:ids=50,per_id=20,seed=0"  # training data URI (nbfacelib.data.open_dataset)
+    val: list[str] = field(default_factory=lambda: ["synthetic-heldout"])  # validation pair sets
     val_pairs: int = 600  # pairs built for "synthetic-heldout" / "heldout" validation sets
     val_ids: int = 100  # identities rendered for "synthetic-heldout" (after the training ones)
     holdout_ids: int = 0  # last N identities of a folder/rec data set kept out for "heldout"
@@ -54,37 +53,37 @@ class TrainConfig:
     cache_mb: int = 1024  # synthetic: keep rendered images when the whole set fits (MiB)
 
     # length: `steps` (optimizer steps) wins over `epochs` when both are given
-    steps: int | None = None
-    epochs: float | None = 20.0  # arcface_torch default
+    steps: int | None = None  # optimizer steps in all
+    epochs: float | None = 20.0  # passes over the training set (arcface_torch: 20)
     batch_size: int = 128  # images per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step; the loss is divided by it
 
     # optimisation
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd (arcface_torch for CNNs) or adamw (for ViTs)
     lr: float = 0.1  # peak learning rate (after warm-up)
-    momentum: float = 0.9  # SGD momentum; AdamW beta1
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
+    weight_decay: float = 5e-4  # L2 penalty of the optimizer (decoupled for AdamW)
     warmup_steps: int = 0  # linear warm-up length, optimizer steps
-    schedule: str = "poly"  # poly | cosine | arcface_torch (its PolynomialLRWarmup), per optimizer step
-    poly_power: float = 1.0
+    schedule: str = "poly"  # lr decay per step: poly, cosine or arcface_torch (its PolynomialLRWarmup)
+    poly_power: float = 1.0  # exponent of the polynomial decay (1: linear to zero)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    clip_grad_norm: float | None = 5.0  # on the backbone only (as arcface_torch); None: off
+    clip_grad_norm: float | None = 5.0  # max gradient norm of the backbone (as arcface_torch); None: off
 
     # numerics / speed
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # where to train: auto (CUDA if available), cpu, cuda or cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool | None = None  # None: on for CUDA, off for CPU
-    compile: bool = False  # torch.compile the backbone
-    seed: int = 0
+    channels_last: bool | None = None  # NHWC memory layout; unset: on for CUDA, off for CPU
+    compile: bool = False  # run the backbone through torch.compile
+    seed: int = 0  # seeds initialisation, batches and validation pairs
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn benchmark
 
     # bookkeeping
-    out: str = "runs/train"
-    resume: bool = False
+    out: str = "runs/train"  # output folder of the run
+    resume: bool = False  # continue from OUT/last.ckpt
     eval_every: int = 0  # optimizer steps between evaluations; 0: only at the end
     ckpt_every: int = 0  # optimizer steps between OUT/last.ckpt writes; 0: only at the end
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    progress: bool = True  # tqdm bar
+    progress: bool = True  # show a tqdm progress bar while training
     max_bad_steps: int = 5  # consecutive non-finite steps before training stops
     inject_nan_steps: list[int] = field(default_factory=list)  # test hook: loss := NaN there
     preset: str | None = None  # the preset this config came from (recorded, not used)
@@ -163,3 +162,21 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def field_help() -> dict[str, str]:
+    """{field name: its description}: the comment that ends the field's line in
+    :class:`TrainConfig` (one place to write it; a test checks every field has one)."""
+    import inspect
+    import io
+    import tokenize
+
+    names = {f.name for f in fields(TrainConfig)}
+    out: dict[str, str] = {}
+    first: dict[int, str] = {}  # line -> first name on it
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        if tok.type == tokenize.NAME and tok.start[0] not in first:
+            first[tok.start[0]] = tok.string
+        elif tok.type == tokenize.COMMENT and first.get(tok.start[0]) in names:
+            out[first[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return out
