@@ -189,12 +189,12 @@ def orl(
 def pair_bin(path: str | os.PathLike, input_size: int = 112, name: str | None = None) -> EvalSet:
     """A verification ``.bin`` (pickle of 2N encoded images and N bools, read with the
     restricted unpickler of :func:`nbfacelib.data.pairs.load_pairs`); pair i is images
-    ``(2i, 2i+1)``. Images are decoded when embedded, not held in memory. Relative paths
-    resolve against the data root."""
-    from nbfacelib.data.datasets import resolve_path
+    ``(2i, 2i+1)``. Images are decoded when embedded, not held in memory. ``path``: a file
+    (relative paths resolve against the data root) or a pair-set manifest name (``lfw``)."""
     from nbfacelib.data.pairs import load_pairs
+    from nbfacelib.eval.pair_sources import locate_pair_file
 
-    p = resolve_path(path)
+    p = locate_pair_file(path)
     pairs = load_pairs(p)
     n = len(pairs.issame)
     return EvalSet(

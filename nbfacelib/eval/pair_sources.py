@@ -88,11 +88,11 @@ def open_pairs(
         return PAIR_SOURCES[text](**kw)
     path = Path(text).expanduser()
     if text.lower().endswith(".bin"):
-        return bin_pairs(path, size=size, resize=resize)
+        return bin_pairs(locate_pair_file(text), size=size, resize=resize)
     if text in list_manifests():
         m = load_manifest(text)
         if m.format == "pairs-bin":
-            return bin_pairs(m.locate(), size=size, resize=resize, name=text)
+            return bin_pairs(locate_pair_file(text), size=size, resize=resize, name=text)
         if m.format in ("folder", "rec"):
             return dataset_pairs(text, name=text, **kw)
         raise PairSourceError(f"--data {text}: a {m.format} data set, not verification pairs")
@@ -103,6 +103,19 @@ def open_pairs(
     raise FileNotFoundError(
         f"--data {text}: no such .bin file or image folder, and not a known name ({known})"
     )
+
+
+def locate_pair_file(spec: str | os.PathLike) -> Path:
+    """The ``.bin`` file ``spec`` names: a ``pairs-bin`` manifest name (``lfw``) is located under
+    the data root (an error says how to obtain it); a relative path is taken from the current
+    directory when it exists there, else under the data root."""
+    from nbfacelib.data.datasets import resolve_path
+    from nbfacelib.data.manifest import list_manifests, load_manifest
+
+    text = os.fspath(spec)
+    if text in list_manifests() and load_manifest(text).format == "pairs-bin":
+        return load_manifest(text).locate()
+    return resolve_path(text)
 
 
 def _fit_size(images_hw: tuple[int, int], size: int, resize: bool, what: str) -> None:
