@@ -59,8 +59,10 @@ def test_eval_on_a_bin_made_by_pairs_make(run_dir, orl_bin, tmp_path, capsys):
     assert "112x112 images resized to the model's 32x32" in text
     doc = json.loads(out.read_text())
     got = doc["results"]["orl"]
-    assert doc["input_size"] == 32 and got["n_pairs"] == 60 and got["source"] == str(orl_bin)
-    assert set(got) >= {"accuracy", "accuracy_std", "auc", "eer", "tar_at_far", "fold_accuracies"}
+    assert doc["input_size"] == 32 and got["n_pairs"] == 60 and "orl.bin" in got["source"]
+    assert got["native_size"] == [112, 112]
+    got = got["metrics"]
+    assert set(got) >= {"accuracy", "accuracy_std", "auc", "eer", "tar@far=1e-01"}
     # the same numbers as embedding and scoring the .bin by hand
     emb = embed(load_backbone(run), load_pairs(orl_bin).decode(32), progress=False, normalize=False)
     want = evaluate(emb[0::2], emb[1::2], load_pairs(orl_bin).issame)
@@ -76,9 +78,9 @@ def test_synthetic_heldout_reproduces_the_numbers_training_reported(run_dir, cap
 
     cfg, model = load_run(run)
     res = evaluate_run(model, cfg, ["synthetic-heldout", "orl"], pairs=40)
-    assert res["synthetic-heldout"]["accuracy"] == pytest.approx(
-        reported["synthetic-heldout/accuracy"], abs=1e-12
-    )
+    got = res["synthetic-heldout"]["metrics"]
+    assert got["accuracy"] == pytest.approx(reported["synthetic-heldout/accuracy"], abs=1e-12)
+    assert got["auc"] == pytest.approx(reported["synthetic-heldout/auc"], abs=1e-12)
     assert res["synthetic-heldout"]["n_pairs"] == 40 and res["orl"]["n_pairs"] == 40
     assert res["orl"]["native_size"] == [112, 92]  # ORL's 92x112, padded then resized
 
@@ -126,18 +128,23 @@ def test_bad_inputs_get_errors_that_name_the_file(run_dir, tmp_path, capsys):
 
 
 def test_pair_sources_can_be_registered(run_dir):
-    from nbfacelib.eval.pair_sources import PAIR_SOURCES, EvalPairs, open_pairs, register_pair_source
+    from nbfacelib.eval.evalsets import EvalSet
+    from nbfacelib.eval.pair_sources import PAIR_SOURCES, open_pairs, register_pair_source
 
     @register_pair_source("tiny-protocol")
     def tiny(*, size, **_):
         import torch
 
         images = torch.zeros(40, 3, size, size, dtype=torch.uint8)
-        return EvalPairs("tiny-protocol", images, np.arange(20) % 2 == 0, "made in a test", (size, size))
+        same = np.arange(20) % 2 == 0
+        return EvalSet("tiny-protocol", images, None, np.arange(0, 40, 2), np.arange(1, 40, 2), same), (
+            size,
+            size,
+        )
 
     try:
-        ps = open_pairs("tiny-protocol", size=32)
-        assert ps.images.shape == (40, 3, 32, 32) and not ps.resized
+        evalset, native = open_pairs("tiny-protocol", size=32)
+        assert evalset.images.shape == (40, 3, 32, 32) and evalset.n_pairs == 20 and native == (32, 32)
         with pytest.raises(ValueError, match="already registered"):
             register_pair_source("tiny-protocol")(tiny)
     finally:

@@ -83,42 +83,52 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
 
 def evaluate_run(model, cfg, data: list[str], *, resize=True, pairs=600, seed=0, batch_size=256) -> dict:
-    """{data name: metrics of :func:`nbfacelib.eval.verification.evaluate` + ``source``,
-    ``native_size``, ``input_size``}, embedded as ``nbface train`` evaluates."""
+    """{data name: {``metrics`` (flat, :func:`nbfacelib.eval.evalsets.evaluate_embeddings`),
+    ``n_pairs``, ``source``, ``native_size``, ``input_size``}}, scored as the notebooks score."""
     import torch
 
-    from nbfacelib.eval.embed import embed
+    from nbfacelib.eval.evalsets import evaluate_model
     from nbfacelib.eval.pair_sources import open_pairs
-    from nbfacelib.eval.verification import evaluate
 
     results = {}
     for spec in data:
-        ps = open_pairs(spec, size=cfg.input_size, config=cfg, resize=resize, pairs=pairs, seed=seed)
+        evalset, native = open_pairs(
+            spec, size=cfg.input_size, config=cfg, resize=resize, pairs=pairs, seed=seed
+        )
         with torch.random.fork_rng(devices=[]):
-            emb = embed(model, ps.images, batch_size=batch_size, flip=True, progress=False, normalize=False)
-        metrics = evaluate(emb[0::2], emb[1::2], ps.issame)
-        metrics["tar_at_far"] = {f"{float(far):.0e}": float(t) for far, t in metrics["tar_at_far"].items()}
-        metrics.update(source=ps.source, native_size=list(ps.native_size), input_size=cfg.input_size)
-        results[ps.name if ps.name not in results else spec] = metrics
+            metrics = evaluate_model(model, evalset, batch_size=batch_size).metrics
+        name = evalset.name if evalset.name not in results else spec
+        results[name] = {
+            "metrics": metrics,
+            "n_pairs": evalset.n_pairs,
+            "source": evalset.description,
+            "native_size": list(native),
+            "input_size": cfg.input_size,
+        }
     return results
 
 
 def format_table(results: dict) -> str:
     """One row per data set: pairs, accuracy +- std (%), AUC, EER (%), TAR@FAR (%)."""
-    fars = sorted({far for m in results.values() for far in m["tar_at_far"]}, key=float, reverse=True)
+    fars = sorted(
+        {k.split("=", 1)[1] for r in results.values() for k in r["metrics"] if k.startswith("tar@far=")},
+        key=float,
+        reverse=True,
+    )
     head = ["data", "pairs", "accuracy", "AUC", "EER", *(f"TAR@FAR={far}" for far in fars)]
     rows = [head]
-    for name, m in results.items():
-        tars = [f"{100 * m['tar_at_far'][f]:.2f}" if f in m["tar_at_far"] else "-" for f in fars]
+    for name, r in results.items():
+        m = r["metrics"]
+        tars = [f"{100 * m[f'tar@far={f}']:.2f}" if f"tar@far={f}" in m else "-" for f in fars]
         acc = f"{100 * m['accuracy']:.2f} +- {100 * m['accuracy_std']:.2f}"
-        rows.append([name, str(m["n_pairs"]), acc, f"{m['auc']:.4f}", f"{100 * m['eer']:.2f}", *tars])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        rows.append([name, str(r["n_pairs"]), acc, f"{m['auc']:.4f}", f"{100 * m['eer']:.2f}", *tars])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n(percent, except AUC; accuracy: mean +- std over 10 folds)"
+    return "\n".join(lines) + "\n(percent, except AUC; accuracy: mean +- std over the 10 folds)"
 
 
 def run(args) -> int:
@@ -137,8 +147,8 @@ def run(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    for name, m in results.items():
-        h, w = m["native_size"]
+    for name, r in results.items():
+        h, w = r["native_size"]
         if (h, w) != (cfg.input_size, cfg.input_size):
             print(f"note: {name}: {w}x{h} images resized to the model's {cfg.input_size}x{cfg.input_size}")
     print(f"{args.run_dir}: {cfg.backbone}, {cfg.input_size}x{cfg.input_size} input")

@@ -1,63 +1,47 @@
-"""Verification pairs by name or path, ready for a model: what ``nbface eval --data X`` reads.
+"""Evaluation data named on a command line: what ``nbface eval RUN_DIR --data X`` reads.
 
-:func:`open_pairs` resolves ``X`` in this order:
+:func:`open_pairs` turns ``X`` into an :class:`~nbfacelib.eval.evalsets.EvalSet` at the model's
+input size, for a model whose training config is known. In this order:
 
 1. a name in :data:`PAIR_SOURCES` (:func:`register_pair_source` adds more, e.g. a named
-   protocol with its own pair list): ``orl`` (the ORL faces shipped with the package, balanced
-   pairs over all 40 people) and ``synthetic-heldout`` (the held-out synthetic identities that
-   ``nbface train`` validates on, rebuilt from the run's ``config.json``: the same pairs, so
-   the same numbers);
+   protocol with its own pair list): ``orl`` (the ORL faces shipped with the package) and
+   ``synthetic-heldout`` (the held-out synthetic identities that ``nbface train`` validates on,
+   rebuilt from the run's config: the same pairs, so the same numbers);
 2. a ``.bin`` pair set (insightface layout, read with the restricted unpickler);
 3. a manifest name: a ``pairs-bin`` manifest (``lfw``, ``cfp_fp``, ``agedb_30``) is its
-   ``.bin`` under the data root; a ``folder`` / ``rec`` manifest is sampled like a folder;
-4. an image folder (one sub-folder per identity), ``folder:PATH`` or ``rec:PATH``: ``pairs``
-   balanced, fold-ready pairs (:func:`nbfacelib.data.pairs.sample_pairs`, ``seed``).
+   ``.bin`` under the data root (:func:`locate_pair_file`); a ``folder`` manifest is an image
+   folder;
+4. an image folder (one sub-folder per identity): ``pairs`` balanced fold-ready pairs.
 
-Images are brought to the model's input size by the rules training uses for the same data
-(a ``.bin``: :meth:`~nbfacelib.data.pairs.PairSet.decode`; a folder: the folder size rule;
-synthetic renders: :func:`nbfacelib.data.transforms.resize`), or, with ``resize=False``,
-refused with an error that names the data and both sizes.
+The sources themselves are those of :mod:`nbfacelib.eval.evalsets`, so images reach the model
+by the rules the notebooks and training use. Data whose images are not the model's input size
+is resized that way, or, with ``resize=False``, refused with an error naming the data and both
+sizes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from nbfacelib.data.transforms import resize as resize_images
+from nbfacelib.eval.evalsets import EvalSet
 
 
 class PairSourceError(ValueError):
     """Data that cannot be evaluated as asked (unknown name, size mismatch with resizing off)."""
 
 
-@dataclass
-class EvalPairs:
-    """Pair ``i`` is ``images[2i], images[2i + 1]``; ``issame[i]`` says whether they match."""
-
-    name: str
-    images: torch.Tensor  # uint8 (2N, 3, S, S) at the model's input size S
-    issame: np.ndarray  # bool (N,)
-    source: str  # the file, folder or generator the pairs came from
-    native_size: tuple[int, int]  # (H, W) of the data's images before resizing (first image)
-
-    @property
-    def resized(self) -> bool:
-        return self.native_size != tuple(self.images.shape[-2:])
-
-
-# A source builds EvalPairs from the run's config (or None), the model input size and options.
-PairSource = Callable[..., EvalPairs]
+# fn(*, config, size, resize, pairs, seed) -> (EvalSet, native (H, W) of its images)
+PairSource = Callable[..., tuple[EvalSet, tuple[int, int]]]
 PAIR_SOURCES: dict[str, PairSource] = {}
 
 
 def register_pair_source(name: str) -> Callable[[PairSource], PairSource]:
-    """Decorator: ``fn(*, config, size, resize, pairs, seed) -> EvalPairs`` answers ``--data name``."""
+    """Decorator: ``fn(*, config, size, resize, pairs, seed) -> (EvalSet, native_hw)`` answers
+    ``--data name``."""
 
     def add(fn: PairSource) -> PairSource:
         if name in PAIR_SOURCES:
@@ -76,32 +60,33 @@ def open_pairs(
     resize: bool = True,
     pairs: int = 600,
     seed: int = 0,
-) -> EvalPairs:
-    """The pairs ``spec`` names (see the module docstring), as uint8 images ``size x size``.
-    ``config``: the :class:`~nbfacelib.train.TrainConfig` of the model's run (needed by
+) -> tuple[EvalSet, tuple[int, int]]:
+    """(the evaluation set ``spec`` names, at ``size`` x ``size``; the (H, W) of its images as
+    stored). ``config``: the :class:`~nbfacelib.train.TrainConfig` of the model's run (needed by
     ``synthetic-heldout``)."""
     from nbfacelib.data.manifest import list_manifests, load_manifest
 
     text = os.fspath(spec)
-    kw = dict(config=config, size=size, resize=resize, pairs=pairs, seed=seed)
     if text in PAIR_SOURCES:
-        return PAIR_SOURCES[text](**kw)
-    path = Path(text).expanduser()
-    if text.lower().endswith(".bin"):
-        return bin_pairs(locate_pair_file(text), size=size, resize=resize)
-    if text in list_manifests():
+        return PAIR_SOURCES[text](config=config, size=size, resize=resize, pairs=pairs, seed=seed)
+    manifests = list_manifests()
+    if text.lower().endswith(".bin") or (text in manifests and load_manifest(text).format == "pairs-bin"):
+        return bin_pairs(locate_pair_file(text), size=size, resize=resize, name=Path(text).stem)
+    kw = dict(size=size, resize=resize, pairs=pairs, seed=seed)
+    if text in manifests:
         m = load_manifest(text)
-        if m.format == "pairs-bin":
-            return bin_pairs(locate_pair_file(text), size=size, resize=resize, name=text)
-        if m.format in ("folder", "rec"):
-            return dataset_pairs(text, name=text, **kw)
-        raise PairSourceError(f"--data {text}: a {m.format} data set, not verification pairs")
-    if text.startswith(("folder:", "rec:")) or path.is_dir():
-        return dataset_pairs(text, name=path.name or text, **kw)
-    bins = [n for n in list_manifests() if load_manifest(n).format == "pairs-bin"]
-    known = ", ".join([*PAIR_SOURCES, *bins])
+        if m.format != "folder":
+            raise PairSourceError(f"--data {text}: a {m.format} data set, not a pair set or an image folder")
+        return folder_pairs(m.locate(), name=text, **kw)
+    from nbfacelib.data.datasets import resolve_path
+
+    folder = resolve_path(text)
+    if folder.is_dir():
+        return folder_pairs(folder, name=folder.name, **kw)
+    bins = [n for n in manifests if load_manifest(n).format == "pairs-bin"]
     raise FileNotFoundError(
-        f"--data {text}: no such .bin file or image folder, and not a known name ({known})"
+        f"--data {text}: no such .bin file or image folder ({folder}), and not a known name "
+        f"({', '.join([*PAIR_SOURCES, *bins])})"
     )
 
 
@@ -118,59 +103,56 @@ def locate_pair_file(spec: str | os.PathLike) -> Path:
     return resolve_path(text)
 
 
-def _fit_size(images_hw: tuple[int, int], size: int, resize: bool, what: str) -> None:
-    if tuple(images_hw) != (size, size) and not resize:
-        h, w = images_hw
+def check_size(native_hw: tuple[int, int], size: int, resize: bool, what: str) -> tuple[int, int]:
+    """``native_hw`` if images of that (H, W) may be fed to a ``size`` x ``size`` model."""
+    native_hw = (int(native_hw[0]), int(native_hw[1]))
+    if native_hw != (size, size) and not resize:
+        h, w = native_hw
         raise PairSourceError(
             f"{what}: images are {w}x{h} but the model takes {size}x{size}; resizing is off "
             "(drop --no-resize to resize them by the rule training uses)"
         )
+    return native_hw
 
 
-def bin_pairs(
-    path: str | os.PathLike, *, size: int, resize: bool = True, name: str | None = None
-) -> EvalPairs:
-    """A ``.bin`` pair set, decoded at ``size`` (the decoding ``nbface train`` validates with)."""
+def bin_pairs(path: Path, *, size: int, resize: bool = True, name: str | None = None):
+    """A ``.bin`` pair set (:func:`nbfacelib.eval.evalsets.pair_bin`); errors name the file."""
     from nbfacelib.data.pairs import load_pairs
+    from nbfacelib.eval.evalsets import pair_bin
 
-    path = Path(path)
-    ps = load_pairs(path)  # FileNotFoundError / PairSetError name the file
+    ps = load_pairs(path)  # FileNotFoundError / PairSetError name the file; read before decoding
     if len(ps) == 0:
         raise PairSourceError(f"{path}: holds no pairs")
-    native = tuple(ps.decode_one(0, None).shape[-2:])
-    _fit_size(native, size, resize, str(path))
-    return EvalPairs(name or path.stem, ps.decode(size=size), np.asarray(ps.issame, bool), str(path), native)
+    native = check_size(ps.decode_one(0, None).shape[-2:], size, resize, str(path))
+    return pair_bin(path, size, name=name), native
 
 
-def dataset_pairs(uri: str, *, name: str, size: int, resize: bool, pairs: int, seed: int, **_) -> EvalPairs:
-    """``pairs`` balanced fold-ready pairs over an image data set (any ``open_dataset`` URI)."""
-    from nbfacelib.data import open_dataset
-    from nbfacelib.data.pairs import sample_pairs
+def folder_pairs(folder: Path, *, size: int, resize: bool, pairs: int, seed: int, name: str):
+    """Balanced pairs over an image folder (:func:`nbfacelib.eval.evalsets.image_folder`)."""
+    from nbfacelib.data.folder import FolderDataset
+    from nbfacelib.eval.evalsets import image_folder
 
-    native_ds = open_dataset(uri, size=None)
-    first = tuple(native_ds[0][0].shape[-2:])
-    _fit_size(first, size, resize, f"{uri} ({getattr(native_ds, 'root', None) or uri})")
-    ds = open_dataset(uri, size=size)
-    i1, i2, same = sample_pairs(np.asarray(ds.labels), pairs, seed=seed)
-    flat = np.stack([i1, i2], 1).reshape(-1)
-    unique, inverse = np.unique(flat, return_inverse=True)
-    read = torch.stack([ds[int(i)][0] for i in unique])
-    where = str(getattr(ds, "root", None) or getattr(ds, "rec_path", None) or uri)
-    return EvalPairs(name, read[torch.as_tensor(inverse)], np.asarray(same, bool), where, first)
+    native = check_size(FolderDataset(folder, size=None)[0][0].shape[-2:], size, resize, str(folder))
+    return image_folder(folder, pairs, size, pair_seed=seed, name=name), native
 
 
 @register_pair_source("orl")
-def orl_pairs(*, size: int, resize: bool, pairs: int, seed: int, **_) -> EvalPairs:
-    """The ORL faces shipped with the package (or the data root's copy): real faces none of our
-    models trained on, ``pairs`` balanced pairs over all 40 people."""
-    return dataset_pairs("orl", name="orl", size=size, resize=resize, pairs=pairs, seed=seed)
+def orl_pairs(*, size: int, resize: bool, pairs: int, seed: int, **_):
+    """The ORL faces (:func:`nbfacelib.eval.evalsets.orl`): real faces none of our models trained
+    on, ``pairs`` balanced pairs over all 40 people."""
+    from nbfacelib.data import open_dataset
+    from nbfacelib.eval.evalsets import orl
+
+    stored = open_dataset("orl", size=None)
+    native = check_size(stored[0][0].shape[-2:], size, resize, f"orl ({stored.root})")
+    return orl(pairs, size, pair_seed=seed), native
 
 
 @register_pair_source("synthetic-heldout")
-def synthetic_heldout_pairs(*, config, size: int, resize: bool, **_) -> EvalPairs:
+def synthetic_heldout_pairs(*, config, size: int, resize: bool, **_):
     """The validation pairs of ``nbface train`` on synthetic data: ``config.val_ids`` identities
     after the training ones, ``config.val_pairs`` pairs, seed ``config.seed``."""
-    from nbfacelib.data import open_dataset
+    from nbfacelib.data import open_dataset, transforms
     from nbfacelib.train.data import synthetic_pairs
 
     if config is None:
@@ -182,6 +164,15 @@ def synthetic_heldout_pairs(*, config, size: int, resize: bool, **_) -> EvalPair
         )
     heldout = faces.heldout(config.val_ids)
     images, issame = synthetic_pairs(heldout, config.val_pairs, config.seed)
-    native = tuple(images.shape[-2:])
-    _fit_size(native, size, resize, f"synthetic-heldout ({heldout!r})")
-    return EvalPairs("synthetic-heldout", resize_images(images, size), issame, repr(heldout), native)
+    native = check_size(images.shape[-2:], size, resize, f"synthetic-heldout ({heldout!r})")
+    n = len(issame)
+    evalset = EvalSet(
+        "synthetic-heldout",
+        transforms.resize(images, size),
+        None,
+        np.arange(0, 2 * n, 2),
+        np.arange(1, 2 * n, 2),
+        issame,
+        description=f"{heldout!r}: the run's validation pairs ({n})",
+    )
+    return evalset, native
