@@ -69,3 +69,20 @@ def test_layers_import_only_downwards():
     for path in sorted((pkg / "train").rglob("*.py")):
         bad = [m for m in _imported_modules(path) if m == "nbfacelib.losses.partial_fc"]
         assert not bad, f"{path.relative_to(REPO)} imports a specific loss: {bad}"
+
+
+def test_shipped_data_is_package_data():
+    """A wheel carries the data sets shipped in the package (the ORL faces): every file under
+    nbfacelib/data/bundled matches a package-data pattern of pyproject.toml."""
+    from pathlib import PurePosixPath
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = REPO / "nbfacelib"
+    shipped = [p for p in (package / "data" / "bundled").rglob("*") if p.is_file()]
+    assert len(shipped) >= 400
+    for p in shipped:
+        rel = PurePosixPath(p.relative_to(package).as_posix())
+        assert any(
+            rel.match(pat) and len(rel.parts) == len(PurePosixPath(pat).parts)
+            for pat in patterns["nbfacelib"]
+        ), rel
