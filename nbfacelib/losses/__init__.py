@@ -21,6 +21,7 @@ from typing import Any
 from nbfacelib.registry import Registry
 
 from .curricular_face import CurricularFace
+from .f2c import DCQ, F2C
 from .magface import MagFace
 from .margin import (
     CombinedMargin,
@@ -98,6 +99,8 @@ register_margin(sphereface, name="sphereface")
 register_margin(combined, name="combined")
 register_margin(CurricularFace, name="curricularface")
 register_margin(MagFace, name="magface")
+OBJECTIVES.register(F2C, name="f2c")
+OBJECTIVES.register(DCQ, name="dcq")
 
 # objectives of later issues register themselves on import (they use register_objective above)
 from . import topofr  # noqa: E402, F401
@@ -111,6 +114,8 @@ __all__ = [
     "ObjectiveOutput",
     "CombinedMargin",
     "CurricularFace",
+    "DCQ",
+    "F2C",
     "MagFace",
     "MarginHead",
     "NormSoftmax",
