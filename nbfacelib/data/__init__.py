@@ -4,6 +4,12 @@ Every reader yields ``(uint8 tensor (3, H, W) RGB, int label)``; ``open_dataset(
 the reader from a URI (``folder:``, ``rec:``, ``synthetic:``, a manifest name or a path).
 The names below are re-exported lazily (PEP 562), so ``import nbfacelib.data`` and the
 manifest tools do not import torch or PIL until a reader is used.
+
+A corrupt or damaged file fails with its reader's error, whose message names the file (and
+the byte offset, line or record where there is one): :class:`RecordIOError`,
+:class:`PairSetError`, :class:`ImageError` (undecodable image), :class:`ManifestError`; all
+are ``ValueError``. A data set that is absent or altered raises ``DatasetNotFoundError`` /
+``DatasetIntegrityError``. ``tests/test_fuzz_readers.py`` holds every reader to this.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ _EXPORTS = {
     "convert_dataset": "datasets",
     "describe": "datasets",
     "FolderDataset": "folder",
+    "ImageError": "folder",
     "fit_square": "folder",
     "write_image_folder": "folder",
     "DatasetIntegrityError": "manifest",
     "DatasetNotFoundError": "manifest",
+    "ManifestError": "manifest",
     "list_manifests": "manifest",
     "load_manifest": "manifest",
     "verify": "manifest",

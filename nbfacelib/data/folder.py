@@ -57,14 +57,21 @@ def _is_image(name: str, extensions=IMAGE_EXTENSIONS) -> bool:
 
 
 # ---------------------------------------------------------------------------------- pixels
+class ImageError(ValueError):
+    """An image file or image bytes that cannot be decoded (corrupt, truncated, not an image,
+    or larger than PIL's decompression-bomb limit); the message names the file or record."""
+
+
 def to_rgb_array(img) -> np.ndarray:
     """A PIL image of any mode -> uint8 HxWx3 RGB array (grey replicated to 3 channels)."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grey (e.g. PGM with maxval 65535): PIL's convert("L") would clip, so scale.
+        # 16-bit grey: PIL's convert("L") would clip, so scale by the full 16-bit range. PNG
+        # stores 16-bit samples over 0..65535 and PIL rescales PGM of any maxval > 255 to it,
+        # so the scale is fixed by the mode, never guessed from the pixels (a dark 16-bit image
+        # whose maximum is below 256 would otherwise come out 257 times too bright).
         a = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if a.max() > 255 else 255.0
-        a = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+        a = np.clip(np.round(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if mode == "F":
         a = np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8)
@@ -84,8 +91,16 @@ def decode_image(data: bytes | str | os.PathLike, *, what: str | None = None) ->
         with Image.open(src) as img:
             img.load()
             return to_rgb_array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode {name}: {exc}") from exc
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(
+            f"cannot decode {name}: larger than PIL's decompression-bomb limit ({exc})"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot decode {name}: {exc}") from None
+    except Exception as exc:  # PIL's plugins raise what their parsers raise (struct.error, IndexError, ...)
+        raise ImageError(f"cannot decode {name}: {type(exc).__name__}: {exc}") from None
 
 
 def fit_square(arr: np.ndarray, size: int | None, resize: str = "pad") -> np.ndarray:
@@ -103,11 +118,17 @@ def fit_square(arr: np.ndarray, size: int | None, resize: str = "pad") -> np.nda
         return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
     scale = size / (max(h, w) if resize == "pad" else min(h, w))
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if resize == "crop":
+        # Resample only the window that survives the centre crop (PIL's ``box``, in source
+        # pixels): resizing the whole image first would make a 1x30000 strip 112x3360000.
+        top, left = (nh - size) // 2, (nw - size) // 2
+        if (nw, nh) == (w, h):
+            return np.ascontiguousarray(arr[top : top + size, left : left + size])
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR, box=box))
     if (nw, nh) != (w, h):
         arr = np.asarray(Image.fromarray(arr).resize((nw, nh), Image.BILINEAR))
-    if resize == "crop":
-        top, left = (nh - size) // 2, (nw - size) // 2
-        return np.ascontiguousarray(arr[top : top + size, left : left + size])
     out = np.zeros((size, size, 3), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = arr

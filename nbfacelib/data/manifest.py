@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,12 @@ from .root import bundled_root, data_root
 MANIFESTS_ENV = "NBFACELIB_MANIFESTS"
 FORMATS = ("synthetic", "folder", "rec", "pairs-bin", "ijb")
 LISTING_SCHEME = "sha256-listing-v1"
+
+
+class ManifestError(ValueError):
+    """A manifest (or the checksum listing it names) that cannot be used: not YAML, not UTF-8,
+    an unknown field or checksum key, a field of the wrong type. The message names the file
+    (and the line, for YAML syntax errors)."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -124,35 +131,125 @@ class Manifest:
 
 _FIELDS = set(Manifest.__dataclass_fields__) - {"source"}
 
+# The type each field must have in the YAML (None = the field's default). Checked by hand:
+# yaml.safe_load gives plain Python objects and a dozen fields do not justify a schema library.
+_TEXT, _COUNT, _TEXTS, _MAPPING = "text", "count", "list of text", "mapping"
+_FIELD_KINDS = {
+    "name": _TEXT,
+    "format": _TEXT,
+    "title": _TEXT,
+    "location": _TEXT,
+    "alternatives": _TEXTS,
+    "identities": _COUNT,
+    "images": _COUNT,
+    "pairs": _COUNT,
+    "counts_verified": "bool",
+    "required": _TEXTS,
+    "checksums": _MAPPING,
+    "bundled": _MAPPING,
+    "protocol": _MAPPING,
+    "params": _MAPPING,
+    "obtain": _TEXT,
+    "credit": _TEXT,
+    "notes": _TEXT,
+}
+_CHECKSUM_KEYS = {"scheme", "tree_sha256", "listing", "files"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _kind_ok(value: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _COUNT:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == _TEXTS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _MAPPING:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, bool)
+
+
+def _check_checksums(cs: dict[str, Any], path: Path) -> None:
+    """A misspelt key or a wrong type would silently turn the check off: refuse both."""
+    unknown = set(cs) - _CHECKSUM_KEYS
+    if unknown:
+        raise ManifestError(
+            f"{path}: unknown key(s) {sorted(unknown)} under 'checksums'; known: {sorted(_CHECKSUM_KEYS)}"
+        )
+    if cs.get("scheme", LISTING_SCHEME) != LISTING_SCHEME:
+        raise ManifestError(f"{path}: checksum scheme {cs.get('scheme')!r} unknown; use {LISTING_SCHEME}")
+    tree = cs.get("tree_sha256")
+    if tree is not None and not (isinstance(tree, str) and _HEX64.fullmatch(tree)):
+        raise ManifestError(
+            f"{path}: checksums.tree_sha256 must be 64 lower-case hex digits or null, got {tree!r}"
+        )
+    if "listing" in cs and not isinstance(cs["listing"], str):
+        raise ManifestError(f"{path}: checksums.listing must be a file name, got {cs['listing']!r}")
+    files = cs.get("files", {})
+    if not isinstance(files, dict):
+        raise ManifestError(f"{path}: checksums.files must be a mapping of path -> sha256, got {files!r}")
+    for rel, digest in files.items():
+        if not isinstance(rel, str) or not (
+            digest is None or (isinstance(digest, str) and _HEX64.fullmatch(digest))
+        ):
+            raise ManifestError(
+                f"{path}: checksums.files entry {rel!r}: {digest!r} is not 64 lower-case hex digits or null"
+            )
+    if not files and "tree_sha256" not in cs:
+        raise ManifestError(
+            f"{path}: 'checksums' lists neither files nor tree_sha256 (drop it, or fill it in)"
+        )
+
 
 def load_manifest(name: str) -> Manifest:
-    """The manifest ``<manifest dir>/<name>.yaml`` (``ValueError`` listing the known names)."""
+    """The manifest ``<manifest dir>/<name>.yaml``; :class:`ManifestError` (a ValueError)
+    naming the file for an unknown name or an unusable manifest."""
     import yaml
 
     path = manifest_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(
+        raise ManifestError(
             f"unknown data set {name!r}; manifests in {manifest_dir()}: "
             + (", ".join(list_manifests()) or "none")
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ManifestError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a manifest must be a mapping")
-    unknown = set(raw) - _FIELDS
+        raise ManifestError(f"{path}: a manifest must be a mapping, got {type(raw).__name__}")
+    unknown = {k for k in raw if k not in _FIELDS}
     if unknown:
-        raise ValueError(f"{path}: unknown manifest field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
+        raise ManifestError(
+            f"{path}: unknown manifest field(s) {sorted(map(str, unknown))}; known: {sorted(_FIELDS)}"
+        )
     for key in ("name", "format"):
-        if key not in raw:
-            raise ValueError(f"{path}: manifest lacks {key!r}")
+        if raw.get(key) is None:
+            raise ManifestError(f"{path}: manifest lacks {key!r}")
+    for key, value in raw.items():
+        if value is not None and not _kind_ok(value, _FIELD_KINDS[key]):
+            raise ManifestError(f"{path}: field {key!r} must be {_FIELD_KINDS[key]}, got {value!r:.80}")
     if raw["name"] != name:
-        raise ValueError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
+        raise ManifestError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
     if raw["format"] not in FORMATS:
-        raise ValueError(f"{path}: format {raw['format']!r} is not one of {FORMATS}")
+        raise ManifestError(f"{path}: format {raw['format']!r} is not one of {FORMATS}")
+    if raw.get("checksums") is not None:
+        _check_checksums(raw["checksums"], path)
     bundled = raw.get("bundled")
-    if bundled is not None and (
-        not isinstance(bundled, dict) or set(bundled) - {"location", "checksums"} or "location" not in bundled
-    ):
-        raise ValueError(f"{path}: 'bundled' must be a mapping with 'location' (and 'checksums')")
+    if bundled is not None:
+        if set(bundled) - {"location", "checksums"} or not isinstance(bundled.get("location"), str):
+            raise ManifestError(f"{path}: 'bundled' must be a mapping with 'location' (and 'checksums')")
+        if bundled.get("checksums") is not None:
+            if not isinstance(bundled["checksums"], dict):
+                raise ManifestError(
+                    f"{path}: bundled.checksums must be a mapping, got {bundled['checksums']!r:.80}"
+                )
+            _check_checksums(bundled["checksums"], path)
     raw = {k: v for k, v in raw.items() if v is not None or k in ("identities", "images", "pairs")}
     return Manifest(source=path, **raw)
 
@@ -187,15 +284,19 @@ def image_listing(root: str | os.PathLike) -> str:
 
 
 def listing_sha256(listing: str) -> str:
-    return hashlib.sha256(listing.encode()).hexdigest()
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes, as sha256sum's
+    # output would (plain .encode() raises UnicodeEncodeError on it)
+    return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _parse_listing(text: str) -> dict[str, str]:
+def _parse_listing(text: str, source: Path | str = "listing") -> dict[str, str]:
     out = {}
-    for line in text.splitlines():
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            digest, rel = line.split(None, 1)
-            out[rel.strip().lstrip("*")] = digest
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise ManifestError(f"{source}: line {lineno} is not '<sha256>  <path>': {line[:80]!r}")
+            out[parts[1].strip().lstrip("*")] = parts[0]
     return out
 
 
@@ -303,8 +404,6 @@ def _verify_checksums(m: Manifest, path: Path, report: VerifyReport) -> None:
     if tree is None:
         report.add("tree sha256", "unknown (no reference checksum)", "not checked", "unknown")
         return
-    if cs.get("scheme", LISTING_SCHEME) != LISTING_SCHEME:
-        raise ValueError(f"{m.source}: checksum scheme {cs.get('scheme')!r} unknown; use {LISTING_SCHEME}")
     listing = image_listing(path)
     got = listing_sha256(listing)
     if got == tree:
@@ -314,7 +413,11 @@ def _verify_checksums(m: Manifest, path: Path, report: VerifyReport) -> None:
     if cs.get("listing") and m.source is not None:
         ref_file = m.source.parent / cs["listing"]
         if ref_file.is_file():
-            ref, now = _parse_listing(ref_file.read_text()), _parse_listing(listing)
+            try:
+                ref_text = ref_file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"{ref_file}: not UTF-8 text (byte offset {exc.start})") from None
+            ref, now = _parse_listing(ref_text, ref_file), _parse_listing(listing)
             missing = sorted(set(ref) - set(now))
             extra = sorted(set(now) - set(ref))
             changed = sorted(k for k in set(ref) & set(now) if ref[k] != now[k])

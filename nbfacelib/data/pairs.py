@@ -21,6 +21,7 @@ import heapq
 import io
 import os
 import pickle
+import reprlib
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -94,7 +95,10 @@ def _validate(obj, path) -> tuple[list[bytes], np.ndarray]:
     for i, s in enumerate(issame):
         # bool only: 0/1 ints are refused so that a mixed-up column (labels, ids) cannot pass.
         if type(s) is not bool:
-            raise PairSetError(f"{where}: issame[{i}] is a {type(s).__name__} ({s!r}), not a bool")
+            # reprlib bounds the depth and length: a deeply nested list would make repr() recurse
+            raise PairSetError(
+                f"{where}: issame[{i}] is a {type(s).__name__} ({reprlib.repr(s)}), not a bool"
+            )
     return list(images), np.asarray(issame, dtype=np.bool_)
 
 
@@ -104,22 +108,18 @@ def load_pairs(path: str | os.PathLike) -> PairSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pair set not found: {path}")
-    with open(path, "rb") as f:
-        try:
-            obj = _PairSetUnpickler(f, encoding="bytes").load()
-        except _Refused as exc:
-            raise PairSetError(f"{path}: a pickle that is not a plain pair set is refused ({exc})") from None
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            AttributeError,
-            MemoryError,
-        ) as exc:
-            raise PairSetError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    # Unpickle from memory: a FRAME or BINBYTES opcode announcing 2**40 bytes then asks a
+    # BytesIO for what is there, where a buffered file would first allocate the whole length.
+    data = path.read_bytes()
+    try:
+        obj = _PairSetUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except _Refused as exc:
+        raise PairSetError(f"{path}: a pickle that is not a plain pair set is refused ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        # Every failure of the (global-free) unpickler means a corrupt file: UnpicklingError,
+        # EOFError, ValueError, OverflowError (a FRAME length of 2**63), RecursionError,
+        # MemoryError, IndexError / KeyError (bad memo references), ...
+        raise PairSetError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
     images, issame = _validate(obj, path)
     return PairSet(images, issame, path=path)
 

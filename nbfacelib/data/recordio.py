@@ -31,9 +31,11 @@ so a ``RecDataset`` is safe in DataLoader workers, forked or spawned.
 
 from __future__ import annotations
 
+import math
 import mmap
 import numbers
 import os
+import re
 import struct
 import warnings
 from collections import namedtuple
@@ -130,12 +132,22 @@ def unpack(payload: bytes, *, what: str = "record") -> tuple[IRHeader, bytes]:
     return header, bytes(rest)
 
 
-def scalar_label(header: IRHeader) -> int:
-    """Image label as arcface_torch reads it: the scalar, or the first array element."""
+def scalar_label(header: IRHeader, *, what: str = "record") -> int:
+    """Image label as arcface_torch reads it: the scalar, or the first array element.
+    :class:`RecordIOError` (naming ``what``) unless it is a whole number >= 0."""
     label = header.label
     if not isinstance(label, numbers.Number):
         label = label[0]
-    return int(label)
+    return _class_id(label, what, "label")
+
+
+def _class_id(value, what: str, field: str) -> int:
+    """A float32 label -> int, refusing NaN, infinities, fractions and negatives (a corrupt
+    header would otherwise become a bare ValueError / OverflowError or a wrong class)."""
+    v = float(value)
+    if not (math.isfinite(v) and v.is_integer() and 0 <= v < 2**53):
+        raise RecordIOError(f"{what}: {field} {v!r} is not a class id / key (a whole number >= 0)")
+    return int(v)
 
 
 # ---------------------------------------------------------------------------- record framing
@@ -276,7 +288,8 @@ def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     ``np.fromstring`` in text mode parses MS1MV2's 5.9M lines ~5x faster than splitting and
     converting; it stops (or raises) at the first bad token, so the count is checked and a bad
-    file is re-read line by line to name the line.
+    file is re-read line by line to name the line. :class:`RecordIOError` names the line of a
+    token that is not a decimal int64.
     """
     idx_path = Path(idx_path)
     text = idx_path.read_bytes()
@@ -287,16 +300,34 @@ def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             flat = np.fromstring(text.decode("ascii", "replace"), dtype=np.int64, sep=" ")
     except ValueError:  # numpy >= 2.x raises where older versions warned and stopped
         flat = np.zeros(0, np.int64)
-    if flat.size == 2 * n_lines and text.count(b"\t") == n_lines:  # one TAB per line, as mxnet writes
+    # np.fromstring saturates values past int64 without a word: those lines take the slow path
+    if (
+        flat.size == 2 * n_lines
+        and text.count(b"\t") == n_lines  # one TAB per line, as mxnet writes
+        and not text.translate(None, _IDX_BYTES)
+        and not (flat == _INT64_MAX).any()
+        and not (flat == _INT64_MIN).any()
+    ):
         arr = flat.reshape(-1, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
+    keys, offsets = [], []
     for lineno, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
         parts = line.split()
-        if parts and (len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts)):
-            raise RecordIOError(f"{idx_path}: line {lineno} is not 'key<TAB>offset': {line!r}")
-    # only blank lines are left to explain the count: parse the slow, exact way
-    arr = np.array(text.split(), dtype=np.int64).reshape(-1, 2)
-    return arr[:, 0].copy(), arr[:, 1].copy()
+        if not parts:
+            continue
+        if len(parts) != 2 or not all(_INT_TOKEN.fullmatch(p) for p in parts):
+            raise RecordIOError(f"{idx_path}: line {lineno} is not 'key<TAB>offset': {line[:80]!r}")
+        k, o = int(parts[0]), int(parts[1])
+        if not (_INT64_MIN <= k <= _INT64_MAX and _INT64_MIN <= o <= _INT64_MAX):
+            raise RecordIOError(f"{idx_path}: line {lineno}: {line[:80]!r} does not fit in int64")
+        keys.append(k)
+        offsets.append(o)
+    return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+
+
+_IDX_BYTES = b"0123456789+- \t\r\n"
+_INT_TOKEN = re.compile(r"[-+]?[0-9]+")  # str.isdigit() would admit "\u00b2", which int() refuses
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def write_index(idx_path: str | os.PathLike, keys, offsets) -> None:
@@ -369,13 +400,17 @@ class RecordIOReader:
                     "it is kept in memory",
                     stacklevel=2,
                 )
-        if len(offsets) and (offsets.min() < 0 or offsets.max() + 8 > self.file_size):
-            bad = int(np.argmax((offsets < 0) | (offsets + 8 > self.file_size)))
+        # ``offsets > size - 8``, not ``offsets + 8 > size``: an offset near 2**63 would overflow
+        bad_offsets = (offsets < 0) | (offsets > self.file_size - 8)
+        if bad_offsets.any():
+            bad = int(np.argmax(bad_offsets))
             raise RecordIOError(
                 f"{self.rec_path}: truncated file? {self.idx_path.name} puts key {keys[bad]} at byte offset "
                 f"{offsets[bad]}, but the file is {self.file_size} bytes"
             )
         self._set_index(keys, offsets)
+        if not self.index_rebuilt:
+            self._check_index_covers_file()
 
     def _set_index(self, keys: np.ndarray, offsets: np.ndarray) -> None:
         self.keys = keys
@@ -387,18 +422,49 @@ class RecordIOReader:
         if not self._dense:
             order = np.argsort(keys, kind="stable")
             self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
+            dup = np.flatnonzero(self._sorted_keys[1:] == self._sorted_keys[:-1])
+            if len(dup):
+                key = int(self._sorted_keys[dup[0]])
+                raise RecordIOError(
+                    f"{self.idx_path}: key {key} is listed {int((keys == key).sum())} times "
+                    "(a corrupt or hand-edited index)"
+                )
+        # the start of the record that follows each one: a record must end at or before it
+        self._starts = np.unique(offsets)
+
+    def _check_index_covers_file(self) -> None:
+        """The record at the highest indexed offset must end where the file ends: otherwise
+        the .idx lacks records (truncated) or belongs to another file."""
+        if not len(self.offsets):
+            if self.file_size:
+                raise RecordIOError(
+                    f"{self.idx_path}: lists no records, but {self.rec_path} holds {self.file_size} bytes"
+                )
+            return
+        last = int(self._starts[-1])
+        end = self._record_end(last)
+        if end != self.file_size:
+            raise RecordIOError(
+                f"{self.rec_path}: the last record listed by {self.idx_path.name} (byte offset {last}) "
+                f"ends at byte {end}, but the file has {self.file_size} bytes: the .idx is truncated, "
+                "stale or belongs to another file"
+            )
+
+    def _record_end(self, offset: int) -> int:
+        return _read_parts(self._src.pread, offset, self.layout, self.rec_path, self.file_size, limit=0)[1]
 
     def offset_of(self, key: int) -> int:
+        """Byte offset of record ``key``; :class:`RecordIOError` if the index has no such key."""
         key = int(key)
         if self._dense:
             i = key - self._base
             if 0 <= i < len(self.offsets):
                 return int(self.offsets[i])
         else:
-            i = int(np.searchsorted(self._sorted_keys, key, side="right")) - 1  # last wins, like a dict
+            i = int(np.searchsorted(self._sorted_keys, key))
             if 0 <= i < len(self._sorted_keys) and self._sorted_keys[i] == key:
                 return int(self._sorted_offsets[i])
-        raise KeyError(f"key {key} is not in {self.idx_path}")
+        raise RecordIOError(f"{self.rec_path}: key {key} is not in {self.idx_path}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -406,12 +472,24 @@ class RecordIOReader:
     def __contains__(self, key: object) -> bool:
         try:
             self.offset_of(int(key))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError):
+        except (RecordIOError, TypeError, ValueError, OverflowError):
             return False
         return True
 
     def read_at(self, offset: int, limit: int | None = None) -> bytes:
-        return _read_parts(self._src.pread, int(offset), self.layout, self.rec_path, self.file_size, limit)[0]
+        """Payload of the record at byte ``offset`` (its first ``limit`` bytes if given).
+
+        The record's frame must end at or before the next indexed record starts: a length
+        word enlarged by corruption would otherwise swallow the next record's bytes."""
+        offset = int(offset)
+        payload, end = _read_parts(self._src.pread, offset, self.layout, self.rec_path, self.file_size, limit)
+        j = int(np.searchsorted(self._starts, offset, side="right"))
+        if j < len(self._starts) and end > self._starts[j]:
+            raise RecordIOError(
+                f"{self.rec_path}: the record at byte offset {offset} runs to byte {end}, past the start "
+                f"of the next indexed record at byte offset {int(self._starts[j])}: a corrupt length word"
+            )
+        return payload
 
     def read(self, key: int) -> bytes:
         """Payload of record ``key`` (split parts joined, magic words re-inserted)."""
@@ -639,14 +717,51 @@ class RecDataset(_Dataset):
         if 0 in self.reader:
             h, img = unpack(self.reader.read(0), what=f"{self.rec_path} key 0")
             if h.flag >= 2 and not img:  # a header record: two labels and no image
-                self.header = (int(h.label[0]), int(h.label[1]))
+                what = f"{self.rec_path} header record 0"
+                self.header = (_class_id(h.label[0], what, "id_start"), _class_id(h.label[1], what, "id_end"))
         if self.header is not None:
             self.kind = "insightface"
+            self._check_header()
             self.keys = np.arange(1, self.header[0], dtype=np.int64)
         else:
             self.kind = "im2rec"
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)
+        # mxnet's writers (im2rec, InsightFace's face2rec / rec_builder) store each record's key
+        # as its IRHeader id; when the first and last images show it, every read checks it, so
+        # that a damaged .idx (keys swapped or pointing at the wrong record) is an error rather
+        # than an image under another image's label.
+        self._ids_are_keys = len(self.keys) > 0 and all(
+            self.reader.read_header(int(k)).id == int(k) for k in {int(self.keys[0]), int(self.keys[-1])}
+        )
         self._labels: np.ndarray | None = None
+
+    def _check_header(self) -> None:
+        """Header record 0 says images are keys 1..id_start-1 and identity records
+        id_start..id_end-1; the index must hold exactly keys 0..id_end-1 (checked before any
+        array of that size is made), and the records at the boundary must be of their kind."""
+        id_start, id_end = self.header
+        where = f"{self.rec_path}: header record 0 (id_start {id_start}, id_end {id_end})"
+        n = len(self.reader)
+        if not 1 <= id_start <= id_end:
+            raise RecordIOError(f"{where}: needs 1 <= id_start <= id_end")
+        if id_end != n:
+            raise RecordIOError(f"{where} announces {id_end} records, but {self.reader.idx_path} lists {n}")
+        keys = self.reader.keys
+        if not (self.reader._dense and self.reader._base == 0):
+            missing = np.setdiff1d(np.arange(id_end, dtype=np.int64), keys)
+            if len(missing):
+                raise RecordIOError(f"{where}: key {int(missing[0])} is not in {self.reader.idx_path}")
+        if id_start > 1:
+            _, img = unpack(self.reader.read(id_start - 1), what=f"{self.rec_path} key {id_start - 1}")
+            if not img:
+                raise RecordIOError(f"{where}: key {id_start - 1} should be the last image, but has no image")
+        if id_end > id_start:
+            h, img = unpack(self.reader.read(id_start), what=f"{self.rec_path} key {id_start}")
+            if h.flag < 2 or img:
+                raise RecordIOError(
+                    f"{where}: key {id_start} should be the first identity record (two labels, no image), "
+                    f"but has IRHeader flag {h.flag} and {len(img)} image bytes"
+                )
 
     @property
     def labels(self) -> np.ndarray:
@@ -654,24 +769,52 @@ class RecDataset(_Dataset):
             self._labels = self._labels_from_identities()
             if self._labels is None:
                 self._labels = np.array(
-                    [scalar_label(self.reader.read_header(k)) for k in self.keys], np.int64
+                    [
+                        scalar_label(self._header_of(int(k)), what=f"{self.rec_path} key {int(k)}")
+                        for k in self.keys
+                    ],
+                    np.int64,
                 )
         return self._labels
 
+    def _header_of(self, key: int) -> IRHeader:
+        h = self.reader.read_header(key)
+        self._check_id(h, key)
+        return h
+
+    def _check_id(self, header: IRHeader, key: int) -> None:
+        if self._ids_are_keys and header.id != key:
+            raise RecordIOError(
+                f"{self.rec_path}: {self.reader.idx_path.name} maps key {key} to byte offset "
+                f"{self.reader.offset_of(key)}, whose record has id {header.id}: the index is damaged"
+            )
+
     def _labels_from_identities(self) -> np.ndarray | None:
+        """Labels from the identity records (no image reads), or None if there are none.
+        Each identity's (first, end) image keys must lie in 1..id_start and the identities
+        must cover every image exactly once."""
         if self.header is None or self.header[1] <= self.header[0]:
             return None
+        id_start, id_end = self.header
         labels = np.full(len(self.keys), -1, np.int64)
-        for i, key in enumerate(range(*self.header)):
-            if key not in self.reader:
-                return None
-            lab = self.reader.read_header(key).label
+        for i, key in enumerate(range(id_start, id_end)):
+            what = f"{self.rec_path} identity record {key}"
+            lab = self._header_of(key).label
             if isinstance(lab, numbers.Number) or len(lab) < 2:
-                return None
-            a, b = int(lab[0]), int(lab[1])
+                raise RecordIOError(f"{what}: needs two labels (first, end image keys), has {lab!r}")
+            a, b = _class_id(lab[0], what, "first key"), _class_id(lab[1], what, "end key")
             if a < b:
+                if not 1 <= a < b <= id_start or (labels[a - 1 : b - 1] >= 0).any():
+                    raise RecordIOError(
+                        f"{what}: image keys {a}..{b - 1} lie outside 1..{id_start - 1} "
+                        "or overlap another identity's"
+                    )
                 labels[a - 1 : b - 1] = i
-        return None if (labels < 0).any() else labels
+        if (labels < 0).any():
+            raise RecordIOError(
+                f"{self.rec_path}: image key {int(np.argmax(labels < 0)) + 1} belongs to no identity record"
+            )
+        return labels
 
     @property
     def num_classes(self) -> int:
@@ -685,8 +828,16 @@ class RecDataset(_Dataset):
     def raw(self, index: int) -> tuple[bytes, int]:
         """Encoded image bytes and label of item ``index`` (no decoding)."""
         key = int(self.keys[index])
-        header, img = unpack(self.reader.read(key), what=f"{self.rec_path} key {key}")
-        return img, scalar_label(header)
+        what = f"{self.rec_path} key {key}"
+        header, img = unpack(self.reader.read(key), what=what)
+        self._check_id(header, key)
+        label = scalar_label(header, what=what)
+        if self._labels is not None and label != self._labels[index]:
+            raise RecordIOError(
+                f"{what}: the record's label {label} differs from the identity records' "
+                f"{int(self._labels[index])}"
+            )
+        return img, label
 
     def _load(self, index: int) -> tuple[np.ndarray, int]:
         img, label = self.raw(index)
