@@ -65,23 +65,32 @@ def register(subparsers) -> None:
     p.add_argument("notebook", help="notebook path, or its name in ./notebooks (e.g. 01_arcface_margins)")
     add_common(p, "auto")
     p.add_argument("--log-output", action="store_true", help="stream the cells' output to the terminal")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress while it runs")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from nbfacelib.report.progress import NotebookProgress
     from nbfacelib.report.runner import describe, resolve_notebook, run_notebook
 
     notebook = resolve_notebook(args.notebook)
-    entry = run_notebook(
-        notebook,
-        args.preset,
-        overrides(args.parameter),
-        args.out,
-        presets_file=args.presets_file,
-        bounds_file=args.bounds,
-        cell_timeout=args.cell_timeout,
-        log_output=args.log_output,
-    )
+    # --log-output prints the cells' output itself: a progress line would interleave with it
+    progress = None if (args.no_progress or args.log_output) else NotebookProgress(notebook.stem)
+    try:
+        entry = run_notebook(
+            notebook,
+            args.preset,
+            overrides(args.parameter),
+            args.out,
+            presets_file=args.presets_file,
+            bounds_file=args.bounds,
+            cell_timeout=args.cell_timeout,
+            log_output=args.log_output,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     print(describe(notebook.stem, entry), file=sys.stderr)
     print(f"report: {args.out}/{entry['preset']}/{entry.get('report') or '(none)'}", file=sys.stderr)
     return 0 if entry["status"] == "ok" else 1

@@ -97,8 +97,59 @@ def render_math(markdown: str) -> str:
     return "".join(parts)
 
 
-def notebook_to_html(notebook: str | Path, html_path: str | Path, title: str | None = None) -> Path:
-    """Render an executed notebook to a self-contained offline HTML page."""
+def provenance_html(prov: dict[str, Any]) -> str:
+    """The block printed atop a report: where it comes from (see report/provenance.py)."""
+
+    def esc(value: Any) -> str:
+        return html.escape(value if isinstance(value, str) else json.dumps(value))
+
+    wall = prov.get("wall_seconds")
+    facts = [
+        ("preset", prov.get("preset")),
+        ("package", prov.get("package")),
+        ("git commit", prov.get("git_commit")),
+        ("code version", prov.get("code_version")),
+        ("CPU", prov.get("cpu")),
+        ("GPU", prov.get("gpu")),
+        ("python", prov.get("python")),
+        ("started", prov.get("started")),
+        ("wall time", None if wall is None else f"{wall:.1f} s"),
+        ("seeds", prov.get("seeds")),
+    ]
+    items = "".join(f"<span><b>{html.escape(k)}</b> {esc(v)}</span>" for k, v in facts if v not in (None, ""))
+    params = prov.get("parameters") or {}
+    overrides = prov.get("overrides") or {}
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{esc(v)}</td><td>{'-p' if k in overrides else ''}</td></tr>"
+        for k, v in params.items()
+    )
+    summary = (
+        f"parameters ({len(params)}" + (f"; overridden: {', '.join(overrides)}" if overrides else "") + ")"
+    )
+    return (
+        "<div class='nbfacelib-provenance' style='font:13px/1.5 system-ui,sans-serif;background:#f6f8fa;"
+        "border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;margin:8px 0 16px'>"
+        "<style>.nbfacelib-provenance span{margin-right:1.2em;white-space:nowrap}"
+        ".nbfacelib-provenance td{padding:1px 10px 1px 0;font-family:monospace}</style>"
+        f"{items}<details><summary>{html.escape(summary)}</summary><table>{rows}</table></details></div>"
+    )
+
+
+def _insert_at_top(page: str, block: str) -> str:
+    """``block`` as the first thing inside the page's ``<main>`` (nbconvert's lab template),
+    else right after ``<body ...>``."""
+    m = re.search(r"<main[^>]*>", page) or re.search(r"<body[^>]*>", page)
+    return page[: m.end()] + block + page[m.end() :] if m else block + page
+
+
+def notebook_to_html(
+    notebook: str | Path,
+    html_path: str | Path,
+    title: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Render an executed notebook to a self-contained offline HTML page; ``provenance`` (a
+    metrics.json entry's) is printed at the top."""
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
@@ -117,6 +168,8 @@ def notebook_to_html(notebook: str | Path, html_path: str | Path, title: str | N
     exporter.template_file = "nbfacelib_offline.html.j2"
     resources = {"metadata": {"name": title or notebook.stem, "path": str(notebook.parent)}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
+    if provenance:
+        body = _insert_at_top(body, provenance_html(provenance))
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(body, encoding="utf-8")
     return html_path

@@ -2,8 +2,9 @@
 
 ``run_notebook`` executes one notebook at a preset and writes, under ``<out>/<preset>/``:
 ``<name>.ipynb`` (executed), ``<name>.html`` (offline report), ``metrics.json`` (merged, one
-entry per notebook) and ``index.html``. ``reproduce`` runs every notebook of a directory in
-name order; a failing notebook is reported (cell index, exception) and the others still run.
+entry per notebook) and ``index.html``. ``reproduce`` runs the notebooks of a directory (a
+selection by name or number, ``jobs`` at a time, skipping up-to-date ones on ``resume``); a
+failing notebook is reported (cell index, exception) and the others still run.
 
 metrics.json entry::
 
@@ -12,7 +13,10 @@ metrics.json entry::
      "bounds": {metric: {min, max}}, "reasons": [str] (out-of-bounds only),
      "error": {"cell": int | None, "execution_count": int | None, "ename": str, "evalue": str}
               (failed only; cell = 0-based index in the SOURCE notebook, None = before any cell),
-     "notebook": "<name>.ipynb", "report": "<name>.html", "started": ISO-8601 UTC}
+     "notebook": "<name>.ipynb", "report": "<name>.html", "started": ISO-8601 UTC,
+     "code_version": str, "notebook_sha256": str (what ``reproduce --resume`` compares),
+     "provenance": {package, git_commit, code_version, preset, parameters, overrides, cpu, gpu,
+                    python, started, wall_seconds, seeds} (also printed atop the report)}
 
 The kernel is always the interpreter running ``nbface`` (``sys.executable``), whatever kernel
 specs a system Jupyter may have installed: papermill gets a kernel manager whose spec is built
@@ -27,6 +31,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +41,7 @@ from typing import Any
 
 from nbfacelib.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.bounds import bounds_for, check_bounds, load_bounds
+from nbfacelib.report.progress import NotebookProgress
 from nbfacelib.report.record import HEADLESS_ENV, RECORD_ENV, load_records
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # repository root in a source checkout
@@ -112,6 +118,15 @@ def parameter_defaults(nb: Any) -> dict[str, Any]:
     return out
 
 
+def _defaults_or_empty(nb: Any) -> dict[str, Any]:
+    """The parameters cell's literal values for the provenance; {} if one is not a literal
+    (the run already happened: a provenance detail must not fail it)."""
+    try:
+        return parameter_defaults(nb)
+    except ValueError:
+        return {}
+
+
 def check_parameters(nb: Any, parameters: dict[str, Any]) -> None:
     """ValueError unless the parameters cell sets ``preset`` and every name in ``parameters``
     (papermill would only warn about an unknown one: a typo in presets.yaml would go unseen)."""
@@ -169,6 +184,71 @@ def kernel_manager_class(env: dict[str, str]):
             return spec
 
     return NbfacelibKernelManager
+
+
+_PROGRESS_ENGINE = "nbface-progress"
+
+
+def _register_progress_engine() -> None:
+    """A papermill engine (papermill's nbclient engine plus hooks) that reports each code cell
+    as it starts and each change of a tqdm widget bar to a :class:`NotebookProgress`; kernel
+    streams reach it through papermill's own ``stdout_file`` / ``stderr_file``."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    from nbfacelib.report.progress import tqdm_widget_text
+
+    if _PROGRESS_ENGINE in papermill_engines._engines:
+        return
+
+    class ProgressClient(PapermillNotebookClient):
+        def __init__(self, nb_man, progress=None, **kw):
+            super().__init__(nb_man, **kw)
+            self.nbface_progress = progress
+
+        def handle_comm_msg(self, outs, msg, cell_index):
+            super().handle_comm_msg(outs, msg, cell_index)
+            comm_id = msg.get("content", {}).get("comm_id")
+            if self.nbface_progress is not None and comm_id:
+                found = tqdm_widget_text(self.widget_state, comm_id)
+                if found is not None:
+                    self.nbface_progress.widget(*found)
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, progress=None, **kwargs):
+            if progress is not None:
+                code = [
+                    i
+                    for i, c in enumerate(nb_man.nb.cells)
+                    if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+                ]
+                progress.start(len(code))
+                cell_start = nb_man.cell_start
+
+                def on_cell_start(cell, cell_index=None, **kw):
+                    if cell_index in code:
+                        progress.cell_start(code.index(cell_index) + 1, cell.source)
+                    return cell_start(cell, cell_index, **kw)
+
+                nb_man.cell_start = on_cell_start
+            # NBClientEngine.execute_managed_notebook with our client (same argument handling)
+            from papermill.engines import merge_kwargs, remove_args
+
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final = merge_kwargs(
+                safe,
+                timeout=kwargs.get("execution_timeout") or kwargs.get("timeout"),
+                startup_timeout=kwargs.get("start_timeout", 60),
+                kernel_name=kernel_name,
+                log=logging.getLogger("papermill"),
+            )
+            for key in ("execution_timeout", "start_timeout"):
+                final.pop(key, None)
+            return ProgressClient(nb_man, progress=progress, **final).execute()
+
+    papermill_engines.register(_PROGRESS_ENGINE, ProgressEngine)
 
 
 def _failing_cell(executed: Path) -> tuple[int | None, int | None]:
@@ -240,6 +320,19 @@ def _update_reports(out_dir: Path, name: str, entry: dict[str, Any], preset: str
 
 
 # --------------------------------------------------------------------------- running
+def _parameters_with(
+    name: str, preset: str, presets_file, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The notebook's preset parameters, then ``overrides`` (``-p``); ``preset`` itself is
+    injected by the run."""
+    parameters = notebook_parameters(name, preset, presets_file)
+    for key, value in (overrides or {}).items():
+        if key == "preset":
+            raise ValueError("set the preset with --preset, not -p preset")
+        parameters[key] = value
+    return parameters
+
+
 def run_notebook(
     notebook: str | Path,
     preset: str = "smoke",
@@ -250,6 +343,9 @@ def run_notebook(
     bounds_file: str | Path | None = None,
     cell_timeout: float | None = None,
     log_output: bool = False,
+    progress: NotebookProgress | None = None,
+    kernel_env: dict[str, str] | None = None,
+    write_index_files: bool = True,
 ) -> dict[str, Any]:
     """Execute one notebook at ``preset`` and write its reports; returns its metrics.json entry.
 
@@ -257,7 +353,11 @@ def run_notebook(
     ``overrides`` (``-p``), then ``preset`` (resolved: ``auto`` -> gpu / cpu). Bounds:
     ``bounds_file`` or ``<notebook dir>/bounds.yaml``. Raises ValueError for configuration
     errors (unknown preset or parameter, no parameters cell); a notebook that raises is
-    not an exception here: its entry has status "failed".
+    not an exception here: its entry has status "failed". ``progress`` (a
+    :class:`~nbfacelib.report.progress.NotebookProgress`) is told of each cell as it starts and
+    of the notebook's own progress bars. ``kernel_env`` is added to the kernel's environment
+    (``reproduce --jobs``: GPU pinning, thread counts). ``write_index_files=False`` leaves
+    metrics.json and index.html to the caller (``reproduce`` writes them once, at the end).
     """
     import nbformat
     import papermill
@@ -265,11 +365,7 @@ def run_notebook(
     notebook = Path(notebook)
     name = notebook.stem
     preset = resolve_preset(preset)
-    parameters = notebook_parameters(name, preset, presets_file)
-    for key, value in (overrides or {}).items():
-        if key == "preset":
-            raise ValueError("set the preset with --preset, not -p preset")
-        parameters[key] = value
+    parameters = _parameters_with(name, preset, presets_file, overrides)
     try:
         source_nb = nbformat.read(notebook, as_version=4)
     except Exception as exc:
@@ -308,7 +404,19 @@ def run_notebook(
             # the kernel draws inline even if the caller's environment says MPLBACKEND=Agg
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silence debugpy's frozen-modules warning
+            **(kernel_env or {}),
         }
+        hooks: dict[str, Any] = {}
+        if progress is not None:
+            from nbfacelib.report.progress import StreamTo
+
+            _register_progress_engine()
+            hooks = {
+                "engine_name": _PROGRESS_ENGINE,
+                "progress": progress,
+                "stdout_file": StreamTo(progress, "stdout"),
+                "stderr_file": StreamTo(progress, "stderr"),
+            }
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
@@ -322,6 +430,7 @@ def run_notebook(
                 log_output=log_output,
                 execution_timeout=cell_timeout,
                 kernel_manager_class=kernel_manager_class(env),
+                **hooks,
             )
         except papermill.PapermillExecutionError as exc:
             executed_nb = nbformat.read(executed, as_version=4) if executed.exists() else None
@@ -355,6 +464,19 @@ def run_notebook(
         entry["seconds"] = round(time.perf_counter() - start, 2)
         records = load_records(record_file)
     entry["metrics"], entry["claims"] = records["metrics"], records["claims"]
+    from nbfacelib.report.provenance import code_version, file_sha256, provenance
+
+    entry["code_version"] = code_version()
+    entry["notebook_sha256"] = file_sha256(notebook)
+    entry["provenance"] = provenance(
+        preset=preset,
+        # what the notebook ran with: its parameters cell, then the preset's values and -p
+        parameters={**_defaults_or_empty(source_nb), **parameters, "preset": preset},
+        overrides=overrides,
+        seconds=entry["seconds"],
+        started=entry["started"],
+        kernel_env=kernel_env,
+    )
 
     if entry["status"] == OK:
         reasons = check_bounds(entry["metrics"], bounds)
@@ -366,7 +488,7 @@ def run_notebook(
         from nbfacelib.report.html import notebook_to_html
 
         try:
-            notebook_to_html(executed, html_path, title=name)
+            notebook_to_html(executed, html_path, title=name, provenance=entry["provenance"])
         except Exception as exc:  # the run's numbers are still worth keeping
             entry["status"] = FAILED
             entry.setdefault(
@@ -382,7 +504,8 @@ def run_notebook(
         entry["report"] = None
     if not executed.exists():
         entry["notebook"] = None
-    _update_reports(out_dir, name, entry, preset)
+    if write_index_files:
+        _update_reports(out_dir, name, entry, preset)
     return entry
 
 
@@ -405,80 +528,217 @@ def describe(name: str, entry: dict[str, Any]) -> str:
     return line
 
 
+def select_notebooks(
+    notebooks: list[Path], only: Iterable[str] | None = None, skip: Iterable[str] | None = None
+) -> list[Path]:
+    """The notebooks named by ``only`` (all if None) minus those named by ``skip``, in name order.
+
+    A notebook is named by its name (``03_partial_fc_scale``, ``.ipynb`` optional) or by its
+    number (``03`` or ``3``: the digits its name starts with). ValueError for a name or number
+    that matches no notebook, listing the ones there are."""
+
+    def number(p: Path) -> int | None:
+        m = re.match(r"(\d+)", p.stem)
+        return int(m.group(1)) if m else None
+
+    def matches(token: str) -> list[Path]:
+        token = Path(token.strip()).stem if token.strip().endswith(".ipynb") else token.strip()
+        if token.isdigit():
+            return [p for p in notebooks if number(p) == int(token)]
+        return [p for p in notebooks if p.stem == token]
+
+    def resolve(tokens: Iterable[str], flag: str) -> set[Path]:
+        chosen: set[Path] = set()
+        for token in tokens:
+            found = matches(token)
+            if not found:
+                have = ", ".join(p.stem for p in notebooks) or "none"
+                raise ValueError(f"{flag}: no notebook named or numbered {token!r} (have: {have})")
+            chosen.update(found)
+        return chosen
+
+    chosen = resolve(only, "--only") if only else set(notebooks)
+    if skip:
+        chosen -= resolve(skip, "--skip")
+    return [p for p in notebooks if p in chosen]
+
+
+def _job_env(slot: int, jobs: int, gpus: list[str] | None) -> dict[str, str]:
+    """Environment of the kernel of job slot ``slot``: its GPU (``CUDA_VISIBLE_DEVICES``) when
+    GPUs are given, and an equal share of the CPU threads when several jobs run at once."""
+    env: dict[str, str] = {}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    if jobs > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+            env[var] = threads
+    return env
+
+
+def up_to_date(
+    entry: dict[str, Any] | None, notebook: Path, parameters: dict[str, Any], out_dir: Path
+) -> bool:
+    """Whether a metrics.json entry is a finished run of this notebook file with these
+    parameters on this code version, whose report is still there (``--resume``)."""
+    from nbfacelib.report.provenance import code_version, file_sha256
+
+    if not entry or entry.get("status") != OK or not entry.get("report"):
+        return False
+    return (
+        (out_dir / entry["report"]).is_file()
+        and entry.get("parameters") == json.loads(json.dumps(parameters))
+        and entry.get("code_version") == code_version()
+        and entry.get("notebook_sha256") == file_sha256(notebook)
+    )
+
+
+def _failed_entry(preset: str, ename: str, evalue: str) -> dict[str, Any]:
+    return {
+        "status": FAILED,
+        "seconds": None,
+        "preset": preset,
+        "parameters": {},
+        "metrics": {},
+        "claims": [],
+        "bounds": {},
+        "notebook": None,
+        "report": None,
+        "error": {"cell": None, "execution_count": None, "ename": ename, "evalue": evalue},
+    }
+
+
 def reproduce(
     preset: str = "auto",
     only: Iterable[str] | None = None,
     out: str | Path = "reports",
     *,
+    skip: Iterable[str] | None = None,
+    jobs: int = 1,
+    gpus: Iterable[str] | None = None,
+    resume: bool = False,
     notebooks_dir: str | Path | None = None,
     presets_file: str | Path | None = None,
     bounds_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     cell_timeout: float | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    progress_stream=None,
 ) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Run every notebook of ``notebooks_dir`` (or those named in ``only``) in name order.
+    """Run the notebooks of ``notebooks_dir`` (selected by ``only`` / ``skip``, see
+    :func:`select_notebooks`), ``jobs`` at a time, and write ``metrics.json`` and the index.
 
-    Returns (exit code, {name: entry}); exit code 0 only if every notebook is "ok". Without
-    ``only`` the preset's metrics.json starts afresh (no stale rows for removed notebooks);
-    with ``only`` the other notebooks' entries are kept.
+    Returns (exit code, {name: entry}); exit code 0 only if every notebook is "ok".
+
+    * ``jobs`` > 1 runs notebooks in parallel, each in its own kernel, with its outputs in its
+      own files; ``gpus`` (e.g. ``["0", "1"]``) pins job slot k to GPU ``gpus[k % len]`` via
+      ``CUDA_VISIBLE_DEVICES``; on a CPU the threads are divided between the jobs. A job
+      that fails (whatever the reason) is reported as a failed notebook.
+    * ``metrics.json`` and ``index.html`` are written once, at the end, from every job's
+      entry. Without a selection (and without ``resume``) metrics.json starts afresh; with
+      one, the other notebooks' entries are kept.
+    * ``resume`` skips a notebook whose entry is "ok" with the same parameters, notebook file
+      and code version (:func:`nbfacelib.report.provenance.code_version`) and whose report exists.
+    * ``progress`` shows each notebook's cell, elapsed time and own progress bars on
+      ``progress_stream`` (stderr; see :mod:`nbfacelib.report.progress`).
     """
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nbfacelib.report.html import write_index, write_root_index
+
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     preset = resolve_preset(preset)
+    jobs = max(1, int(jobs))
+    gpus = [str(g).strip() for g in gpus if str(g).strip()] if gpus else None
     directory = Path(notebooks_dir) if notebooks_dir is not None else default_notebooks_dir()
-    notebooks = find_notebooks(directory)
-    if only:
-        wanted = [Path(n).stem for n in only]
-        by_name = {p.stem: p for p in notebooks}
-        missing = [n for n in wanted if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"--only: no notebook named {', '.join(missing)} in {directory} "
-                f"(have: {', '.join(by_name) or 'none'})"
-            )
-        notebooks = [by_name[n] for n in sorted(set(wanted))]
-    else:
-        (Path(out) / preset / "metrics.json").unlink(missing_ok=True)
+    notebooks = select_notebooks(find_notebooks(directory), only, skip)
+    out_dir = Path(out) / preset
+    previous = load_metrics(out_dir / "metrics.json")
+    keep = dict(previous) if (only or skip or resume) else {}
     if not notebooks:
-        from nbfacelib.report.html import write_index, write_root_index
+        log(f"no notebooks to run in {directory}")
 
-        log(f"no notebooks in {directory}")
-        out_dir = Path(out) / preset
-        if not only:
-            write_index({}, out_dir / "index.html", preset)
-            write_root_index(out_dir.parent)
-    results: dict[str, dict[str, Any]] = {}
-    for i, nb in enumerate(notebooks, 1):
-        log(f"[{i}/{len(notebooks)}] {nb.stem} (preset {preset}) ...")
+    todo: list[Path] = []
+    for nb in notebooks:
+        if resume:
+            try:
+                params = _parameters_with(nb.stem, preset, presets_file, overrides)
+            except ValueError:
+                params = None
+            if params is not None and up_to_date(previous.get(nb.stem), nb, params, out_dir):
+                log(f"{nb.stem}: up to date (same parameters, notebook and code version); skipped")
+                continue
+        todo.append(nb)
+
+    slots: queue.Queue[int] = queue.Queue()
+    for k in range(jobs):
+        slots.put(k)
+    stream = progress_stream if progress_stream is not None else sys.stderr
+
+    def run_one(i: int, nb: Path) -> dict[str, Any]:
+        slot = slots.get()
         try:
-            entry = run_notebook(
-                nb,
-                preset,
-                overrides,
-                out,
-                presets_file=presets_file,
-                bounds_file=bounds_file,
-                cell_timeout=cell_timeout,
-            )
-        except ValueError as exc:  # misconfigured notebook: report it, run the others
-            entry = {
-                "status": FAILED,
-                "seconds": None,
-                "preset": preset,
-                "parameters": {},
-                "metrics": {},
-                "claims": [],
-                "bounds": {},
-                "notebook": None,
-                "report": None,
-                "error": {"cell": None, "execution_count": None, "ename": "ConfigError", "evalue": str(exc)},
-            }
-            _update_reports(Path(out) / preset, nb.stem, entry, preset)
-        results[nb.stem] = entry
-        log("    " + describe(nb.stem, entry))
-    failed = [n for n, e in results.items() if e["status"] != OK]
+            env = _job_env(slot, jobs, gpus)
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            log(f"[{i}/{len(todo)}] {nb.stem} (preset {preset}{where}) ...")
+            bar = None
+            if progress:
+                # with several jobs, lines (not a redrawn status line) prefixed by the notebook
+                bar = NotebookProgress(
+                    nb.stem,
+                    stream,
+                    tty=None if jobs == 1 else False,
+                    indent="    " if jobs == 1 else f"    [{nb.stem}] ",
+                )
+            try:
+                entry = run_notebook(
+                    nb,
+                    preset,
+                    overrides,
+                    out,
+                    presets_file=presets_file,
+                    bounds_file=bounds_file,
+                    cell_timeout=cell_timeout,
+                    progress=bar,
+                    kernel_env=env,
+                    write_index_files=False,
+                )
+            except ValueError as exc:  # misconfigured notebook: report it, run the others
+                entry = _failed_entry(preset, "ConfigError", str(exc))
+            except Exception as exc:  # a job that fails for any other reason is a failed notebook
+                entry = _failed_entry(preset, type(exc).__name__, _short(str(exc)))
+            finally:
+                if bar is not None:
+                    bar.close()
+            log(("    " if jobs == 1 else "    done: ") + describe(nb.stem, entry))
+            return entry
+        finally:
+            slots.put(slot)
+
+    results: dict[str, dict[str, Any]] = {}
+    if jobs == 1:
+        for i, nb in enumerate(todo, 1):
+            results[nb.stem] = run_one(i, nb)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="nbface-job") as pool:
+            futures = {nb.stem: pool.submit(run_one, i, nb) for i, nb in enumerate(todo, 1)}
+            for name, fut in futures.items():
+                results[name] = fut.result()
+
+    data = {**keep, **{k: v for k, v in results.items()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "metrics.json", data)
+    write_index(data, out_dir / "index.html", preset)
+    write_root_index(out_dir.parent)
+
+    ran = {name: data[name] for name in (nb.stem for nb in notebooks) if name in data}
+    failed = [n for n, e in ran.items() if e["status"] != OK]
     log(
-        f"{len(results) - len(failed)} of {len(results)} notebooks ok; reports in {Path(out) / preset}"
+        f"{len(ran) - len(failed)} of {len(ran)} notebooks ok"
+        + (f" ({len(ran) - len(results)} up to date, not rerun)" if len(ran) > len(results) else "")
+        + f"; reports in {out_dir}"
         + (f"; not ok: {', '.join(failed)}" if failed else "")
     )
-    return (1 if failed else 0), results
+    return (1 if failed else 0), ran

@@ -16,6 +16,7 @@ a CDN).
 
 from __future__ import annotations
 
+import functools
 import html
 import numbers
 import os
@@ -160,6 +161,27 @@ def _control(name: str, spec: Any) -> tuple[Any, Any]:
     )
 
 
+def _pyplot_owns(result: Any) -> bool:
+    """Whether ``result`` is a matplotlib figure that pyplot will show by itself (made with
+    ``plt.figure`` / ``plt.subplots`` and still open)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    manager = getattr(getattr(result, "canvas", None), "manager", None)
+    return plt is not None and manager is not None and plt.fignum_exists(manager.num)
+
+
+def _drawn_once(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning None instead of a figure that pyplot shows anyway: both
+    ``ipywidgets.interactive`` and the static rendering display the return value AND show the
+    open pyplot figures, which drew a ``plt.figure`` returned by ``fn`` twice."""
+
+    @functools.wraps(fn)  # keeps fn's signature, which ipywidgets reads
+    def wrapped(**kwargs: Any) -> Any:
+        result = fn(**kwargs)
+        return None if _pyplot_owns(result) else result
+
+    return wrapped
+
+
 def interactive(fn: Callable[..., Any], **controls: Any) -> Any:
     """Explore ``fn`` with ipywidgets controls in JupyterLab; a static rendering headless.
 
@@ -181,9 +203,11 @@ def interactive(fn: Callable[..., Any], **controls: Any) -> Any:
     if not is_headless():
         import ipywidgets
 
-        display(ipywidgets.interactive(fn, **{name: make() for name, (_, make) in parsed.items()}))
+        display(
+            ipywidgets.interactive(_drawn_once(fn), **{name: make() for name, (_, make) in parsed.items()})
+        )
         return None
-    result = fn(**defaults)
+    result = _drawn_once(fn)(**defaults)
     if result is not None:
         display(result)
     if "matplotlib.pyplot" in sys.modules:  # put fn's matplotlib figures before the caption
