@@ -14,6 +14,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -26,7 +27,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SELFTEST = REPO / "tests" / "data" / "engine_selftest.ipynb"
 SELFTEST_PLOTLY_FIGURES = 2  # the scatter and the static rendering of interactive(...)
-SCREENSHOT_DIR = REPO / "reports" / "test-screenshots"
+# Screenshots are written under each test's tmp_path; NBFACELIB_SCREENSHOT_DIR keeps copies.
+SCREENSHOT_DIR = (
+    Path(os.environ["NBFACELIB_SCREENSHOT_DIR"]) if os.environ.get("NBFACELIB_SCREENSHOT_DIR") else None
+)
 
 FLAGS = [
     "--headless",
@@ -80,7 +84,7 @@ class Browser:
     """A headless Chromium speaking the DevTools protocol over pipes (fd 3: commands in,
     fd 4: replies and events out)."""
 
-    def __init__(self, exe: str, profile: Path, log: Path):
+    def __init__(self, exe: str, profile: Path, log: Path, env: dict[str, str] | None = None):
         to_chrome_r, to_chrome_w = os.pipe()
         from_chrome_r, from_chrome_w = os.pipe()
         # Move the child's ends above 3/4 first, so the dup2 onto 3 and 4 below never clobbers
@@ -93,7 +97,7 @@ class Browser:
             self.pid = os.posix_spawn(
                 exe,
                 argv,
-                os.environ,
+                os.environ if env is None else env,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, hi_r, 3),
                     (os.POSIX_SPAWN_DUP2, hi_w, 4),
@@ -159,8 +163,11 @@ class Browser:
         os.waitpid(self.pid, 0)
 
 
-def open_page(browser: Browser, url: str, screenshot: Path, settle_s: float = 15.0) -> dict:
-    """Load ``url``; return {errors, requests, figures, rendered, rows} after plotly settled."""
+def open_page(
+    browser: Browser, url: str, screenshot: Path, settle_s: float = 15.0, font_selector: str | None = None
+) -> dict:
+    """Load ``url``; return {errors, requests, figures, rendered, rows, fonts} after plotly
+    settled; ``fonts``: {font family: glyphs drawn} for the text of ``font_selector``'s node."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
@@ -191,8 +198,20 @@ def open_page(browser: Browser, url: str, screenshot: Path, settle_s: float = 15
         time.sleep(0.2)  # plotly draws asynchronously after load; poll, not a fixed sleep
     shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=60)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copy(screenshot, SCREENSHOT_DIR / screenshot.name)
+    if SCREENSHOT_DIR is not None:
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, SCREENSHOT_DIR / screenshot.name)
+    fonts = {}
+    if font_selector:
+        doc = browser.send("DOM.getDocument", session=session)
+        node = browser.send(
+            "DOM.querySelector", {"nodeId": doc["root"]["nodeId"], "selector": font_selector}, session=session
+        )["nodeId"]
+        browser.send("CSS.enable", session=session)
+        used = browser.send("CSS.getPlatformFontsForNode", {"nodeId": node}, session=session)["fonts"]
+        fonts = {
+            f["familyName"] + (" (embedded)" if f.get("isCustomFont") else ""): f["glyphCount"] for f in used
+        }
 
     errors, requests = [], []
     for ev in browser.events:
@@ -210,7 +229,7 @@ def open_page(browser: Browser, url: str, screenshot: Path, settle_s: float = 15
                 requests.append(req_url)
     browser.events.clear()
     browser.send("Target.closeTarget", {"targetId": target})
-    return {**state, "errors": errors, "requests": requests}
+    return {**state, "errors": errors, "requests": requests, "fonts": fonts}
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +273,51 @@ def test_browser_check_catches_errors_network_and_blank_figures(browser, tmp_pat
     assert any("bad thing" in e for e in got["errors"]), got["errors"]
     assert got["requests"] == ["https://cdn.example.invalid/plotly.js"]
     assert (got["figures"], got["rendered"]) == (1, 0)
+
+
+# --------------------------------------------------------------------------- CJK titles
+@pytest.fixture(scope="module")
+def browser_without_cjk(chromium, tmp_path_factory):
+    """A Chromium that sees only the DejaVu fonts (a fontconfig file of its own), as on a
+    reader's machine without any CJK font."""
+    tmp = tmp_path_factory.mktemp("chromium-nocjk")
+    dejavu = sorted({str(p.parent) for p in Path("/usr/share/fonts").rglob("DejaVuSans*.ttf")})
+    if not dejavu:
+        pytest.fail("no DejaVu fonts under /usr/share/fonts (Debian: fonts-dejavu-core)")
+    conf = tmp / "fonts.conf"
+    conf.write_text(
+        "<?xml version='1.0'?><!DOCTYPE fontconfig SYSTEM 'fonts.dtd'><fontconfig>"
+        + "".join(f"<dir>{d}</dir>" for d in dejavu)
+        + f"<cachedir>{tmp / 'fc-cache'}</cachedir></fontconfig>"
+    )
+    b = Browser(
+        chromium, tmp / "profile", tmp / "chromium.log", env={**os.environ, "FONTCONFIG_FILE": str(conf)}
+    )
+    yield b
+    b.close()
+
+
+def test_chinese_title_renders_without_a_cjk_font(browser_without_cjk, tmp_path):
+    """The report embeds a subset font for its CJK characters: in a browser with no CJK font,
+    the title's two CJK glyphs are drawn by it, where the page without it falls back to DejaVu
+    (which has no CJK glyphs: boxes)."""
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    from nbfacelib.report.html import notebook_to_html
+
+    nb = tmp_path / "title.ipynb"
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# Source: Arcface 总结")]), nb)
+    page = notebook_to_html(nb, tmp_path / "title.html")
+    text = page.read_text()
+    assert "@font-face{font-family:'nbfacelib-cjk'" in text and "unicode-range:U+603B,U+7ED3" in text
+    got = open_page(
+        browser_without_cjk, page.as_uri(), tmp_path / "title.png", settle_s=1, font_selector="h1"
+    )
+    # 总 and 结 come from the embedded subset (named by its own name table), the rest from DejaVu
+    assert got["fonts"].get("WenQuanYi Micro Hei (embedded)") == 2, got["fonts"]
+
+    bare = tmp_path / "bare.html"  # the same page without the embedded font: the control
+    bare.write_text(re.sub(r"<style id='nbfacelib-cjk-font'>.*?</style>", "", text, flags=re.S))
+    got = open_page(browser_without_cjk, bare.as_uri(), tmp_path / "bare.png", settle_s=1, font_selector="h1")
+    assert all("DejaVu" in f for f in got["fonts"]), got["fonts"]  # no CJK glyphs: boxes

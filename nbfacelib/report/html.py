@@ -170,6 +170,9 @@ def notebook_to_html(
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     if provenance:
         body = _insert_at_top(body, provenance_html(provenance))
+    from nbfacelib.report.fonts import embed_cjk_font
+
+    body = embed_cjk_font(body)  # the documents' Chinese titles render without a CJK font
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(body, encoding="utf-8")
     return html_path
