@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PRESET ?= auto
+JOBS ?= 1
 
 .PHONY: reproduce test lint venv lab
 
@@ -10,7 +11,7 @@ PRESET ?= auto
 # well above chance and below saturation), then every notebook at PRESET (auto: gpu if CUDA).
 reproduce: $(STAMP)
 	$(VENV)/bin/nbface synth --calibrate
-	$(VENV)/bin/nbface reproduce --preset $(PRESET)
+	$(VENV)/bin/nbface reproduce --preset $(PRESET) --jobs $(JOBS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -m "not slow"

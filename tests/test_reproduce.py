@@ -41,7 +41,10 @@ def test_progress_log_lines_for_a_file():
     clock.t = 40
     p.write("stderr", "train:  60%|######  | 6/10\r")  # 35 s since: the running state is shown
     p.write("stderr", "train: 100%|##########| 10/10\n")
-    p.write("stdout", "a print stays in the report\n")
+    p.write("stdout", "  r18 arcface seed 0: loss 9.1 -> 4.2\n\n")  # a run's summary; blank lines dropped
+    p.max_lines_per_cell = 3
+    for i in range(5):
+        p.write("stdout", f"row {i}\n")  # a long print: capped per cell
     clock.t = 75
     p.cell_start(2, "fit(" + "x" * 80 + ")")
     p.widget("eval 100% 3/3 [00:01<00:00]", done=True)
@@ -52,6 +55,9 @@ def test_progress_log_lines_for_a_file():
         "    | train:  10%|#  | 1/10",
         "    | train:  60%|######  | 6/10",
         "    | train: 100%|##########| 10/10",
+        "    | r18 arcface seed 0: loss 9.1 -> 4.2",
+        "    | row 0",
+        "    | ... (more output of cell 1 in the report)",
         "    cell 2/3 at 1:15: fit(" + "x" * 53 + "...",
         "    | eval 100% 3/3 [00:01<00:00]",
         "    nb: ok in 80 s",

@@ -9,7 +9,8 @@ the cell being run out of the total, the elapsed time, and the notebook's own pr
 * on a terminal (``stream.isatty()``): one status line redrawn in place (``\\r``), e.g.
   ``  cell 7/19  2:13  train: 40% 120/300 [00:10<00:15, 12.0step/s]``, refreshed every second;
 * in a file or a pipe: plain lines, no carriage returns: one line when a cell starts, one line
-  per finished bar (its final state), and the current state of a running bar at most every
+  per finished bar (its final state) or printed line (at most 20 per cell: the notebooks print
+  one-line summaries of their runs), and the current state of a running bar at most every
   ``interval`` seconds, so a log of a long run stays short and readable.
 """
 
@@ -63,6 +64,8 @@ class NotebookProgress:
         self.bar = ""  # the notebook's latest progress text
         self._bar_shown_at = -1e18
         self._last_done = ""
+        self._cell_lines = 0  # stream lines shown for the current cell
+        self.max_lines_per_cell = 20
         self._partial: dict[str, str] = {}  # stream name -> text of the line being written
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -111,6 +114,7 @@ class NotebookProgress:
         with self._lock:
             self.cell = number
             self.bar = ""
+            self._cell_lines = 0
             if self.tty:
                 self._draw()
             else:
@@ -141,14 +145,21 @@ class NotebookProgress:
 
     def write(self, name: str, text: str) -> None:
         """Text the kernel wrote to stream ``name`` ('stdout' / 'stderr'). Lines rewritten with
-        ``\\r`` (text progress bars) count as one line, shown in its final state."""
+        ``\\r`` (text progress bars) count as one line, shown in its final state; other lines
+        (a notebook's one-line summaries of its runs) are shown too, up to
+        ``max_lines_per_cell`` per cell (the rest is in the report)."""
         with self._lock:
             buf = self._partial.get(name, "") + text
             *complete, rest = buf.split("\n")
             for line in complete:
-                final = line.rsplit("\r", 1)[-1]
-                if name == "stderr" or "\r" in line:  # progress bars; plain prints stay in the report
-                    self._progress_text(final, done=True)
+                final = line.rsplit("\r", 1)[-1].rstrip()
+                if not final.strip():
+                    continue
+                if self._cell_lines == self.max_lines_per_cell:
+                    self._line(f"| ... (more output of cell {self.cell} in the report)")
+                self._cell_lines += 1
+                if self._cell_lines <= self.max_lines_per_cell:
+                    self._progress_text(final if len(final) <= 200 else final[:197] + "...", done=True)
             self._partial[name] = rest
             if "\r" in rest:
                 self._progress_text(rest.rstrip("\r").rsplit("\r", 1)[-1], done=False)
