@@ -129,7 +129,7 @@ def provenance_html(prov: dict[str, Any]) -> str:
     return (
         "<div class='nbfacelib-provenance' style='font:13px/1.5 system-ui,sans-serif;background:#f6f8fa;"
         "border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;margin:8px 0 16px'>"
-        "<style>.nbfacelib-provenance span{margin-right:1.2em;white-space:nowrap}"
+        "<style>.nbfacelib-provenance span{display:inline-block;margin-right:1.2em;white-space:nowrap}"
         ".nbfacelib-provenance td{padding:1px 10px 1px 0;font-family:monospace}</style>"
         f"{items}<details><summary>{html.escape(summary)}</summary><table>{rows}</table></details></div>"
     )
