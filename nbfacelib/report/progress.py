@@ -83,7 +83,7 @@ class NotebookProgress:
         self.stream.flush()
 
     def status(self) -> str:
-        cell = f"cell {self.cell}/{self.n_cells}" if self.n_cells else "starting"
+        cell = f"cell {self.cell}/{self.n_cells}" if self.cell else "starting the kernel"
         return f"{self.indent}{cell}  {format_elapsed(self.clock() - self.t0)}" + (
             f"  {self.bar}" if self.bar else ""
         )
