@@ -21,6 +21,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def real_data():
+    """``real_data("lfw")`` -> the folder of LFW / CFP under the data root, or a clean skip
+    saying where it was looked for (the real data sets are never part of the checkout)."""
+    from nbfacelib.data.manifest import load_manifest
+    from nbfacelib.data.root import ENV_VAR, data_root
+
+    def find(name: str) -> Path:
+        m = load_manifest(name)
+        folder = data_root() / m.location
+        if not folder.is_dir():
+            pytest.skip(f"{name} is not under the data root ({folder}; set ${ENV_VAR} to a root holding it)")
+        return folder
+
+    return find
+
+
+@pytest.fixture(scope="session")
 def orl_root() -> Path:
     """The ORL faces as users get them by name: the data root's copy if there is one (CI), else
     the copy shipped with the package (a fresh clone)."""

@@ -158,3 +158,37 @@ def test_empty_identity_and_missing_root_errors(tmp_path):
         FolderDataset(tmp_path / "tree")
     ds = FolderDataset(tmp_path / "tree", allow_empty=True)
     assert ds.num_classes == 2 and len(ds) == 1
+
+
+def test_natural_sort_of_a_name_and_its_prefix():
+    # "s" vs "s1" once compared a str with an int inside the key (TypeError)
+    assert sorted(["s1", "s", "frontal2", "frontal"], key=natural_key) == ["frontal", "frontal2", "s", "s1"]
+
+
+def test_identity_folders_may_hold_images_in_subfolders(tmp_path):
+    """CFP's layout: ID/frontal/NN.jpg and ID/profile/NN.jpg; the sub-folder is recorded per image."""
+    rng = np.random.default_rng(0)
+    img = lambda: rng.integers(0, 255, (6, 4, 3), dtype=np.uint8)  # noqa: E731
+    for ident in ("002", "001"):
+        for pose, n in (("profile", 2), ("frontal", 3)):
+            for k in range(n, 0, -1):
+                _save(tmp_path / ident / pose / f"{k:02d}.png", img())
+    _save(tmp_path / "001" / "loose.png", img())
+    (tmp_path / "001" / ".cache").mkdir()
+    _save(tmp_path / "001" / ".cache" / "x.png", img())
+    ds = FolderDataset(tmp_path, size=None)
+    assert ds.classes == ["001", "002"] and len(ds) == 11
+    rel = [p.relative_to(tmp_path).as_posix() for p in ds.paths[:6]]
+    assert rel == [
+        "001/loose.png",
+        "001/frontal/01.png",
+        "001/frontal/02.png",
+        "001/frontal/03.png",
+        "001/profile/01.png",
+        "001/profile/02.png",
+    ]
+    assert ds.subfolders[:6] == ["", "frontal", "frontal", "frontal", "profile", "profile"]
+    assert ds.subfolders[6:] == ["frontal"] * 3 + ["profile"] * 2
+    assert ds.labels.tolist() == [0] * 6 + [1] * 5
+    x, y = ds[4]
+    assert y == 0 and tuple(x.shape) == (3, 6, 4)

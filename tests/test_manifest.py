@@ -26,9 +26,11 @@ from nbfacelib.data.root import data_root
 
 EXPECTED = {
     "synthetic", "orl", "ms1mv2", "ms1mv3", "glint360k", "webface42m", "casia_webface",
-    "lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "ijbb", "ijbc",
+    "lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "ijbb", "ijbc", "cfp", "cfp_ff", "cfp_heldout",
 }  # fmt: skip
-PAIRS = {"lfw": 6000, "cfp_fp": 7000, "agedb_30": 6000, "calfw": 6000, "cplfw": 6000}
+PAIRS = {"lfw": 6000, "cfp_fp": 7000, "cfp_ff": 7000, "cfp_heldout": 700, "agedb_30": 6000, "calfw": 6000,
+         "cplfw": 6000}  # fmt: skip
+PROTOCOLS = {"lfw", "cfp_fp", "cfp_ff", "cfp_heldout"}  # built from the data set's own files
 
 
 @pytest.fixture
@@ -51,8 +53,11 @@ def test_every_manifest_loads_with_the_required_fields():
         assert not m.location or not m.location.startswith("/")  # relative to the data root
         assert "http" not in m.obtain.lower()  # nothing to fetch automatically
         if name in PAIRS:
-            assert m.format == "pairs-bin" and m.pairs == PAIRS[name] == m.protocol["pairs"]
-            assert m.protocol["folds"] == 10
+            assert m.format == ("pairs-protocol" if name in PROTOCOLS else "pairs-bin")
+            assert m.pairs == PAIRS[name] == m.protocol["pairs"] and m.protocol["folds"] == 10
+        if name in PROTOCOLS:  # counted here, with the checksums of the protocol files
+            assert m.counts_verified and m.processing.strip() and m.protocol["reader"] == name
+            assert all(v for v in m.checksums["files"].values())
     assert load_manifest("orl").images == 400 and load_manifest("orl").identities == 40
     assert load_manifest("ms1mv2").format == "rec" and load_manifest("ijbc").format == "ijb"
     with pytest.raises(ValueError, match="unknown data set 'nope'.*orl"):
@@ -60,7 +65,9 @@ def test_every_manifest_loads_with_the_required_fields():
 
 
 def test_unknown_checksums_are_null_not_invented():
-    for name in EXPECTED - {"orl", "synthetic"}:
+    # orl and the LFW / CFP protocols were hashed from the files here (verified by the
+    # realdata tests of test_protocols.py); every other checksum is unknown
+    for name in EXPECTED - {"orl", "synthetic", "cfp"} - PROTOCOLS:
         cs = load_manifest(name).checksums
         values = list((cs.get("files") or {}).values()) + [cs.get("tree_sha256")]
         assert all(v is None for v in values), name
@@ -161,13 +168,21 @@ def test_pairs_bin_and_ijb_presence_counts_are_soft_when_unverified(tmp_path, mo
 
     monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
     jpg = encode_image(np.zeros((8, 8, 3), np.uint8), "jpg")
-    save_pairs(tmp_path / "glint360k" / "cfp_fp.bin", [jpg] * 20, [True, False] * 5)  # an alternative place
-    report = verify("cfp_fp")
-    assert report.ok and report.path == tmp_path / "glint360k" / "cfp_fp.bin"
+    save_pairs(tmp_path / "glint360k" / "agedb_30.bin", [jpg] * 20, [True, False] * 5)  # an alternative place
+    report = verify("agedb_30")
+    assert report.ok and report.path == tmp_path / "glint360k" / "agedb_30.bin"
     assert {c.what: c.status for c in report.checks} == {"pairs": "skipped", "sha256 .": "unknown"}
-    with pytest.warns(UserWarning, match="expected 7000, found 10.*unverified"):
-        report = verify("cfp_fp", deep=True)
+    with pytest.warns(UserWarning, match="expected 6000, found 10.*unverified"):
+        report = verify("agedb_30", deep=True)
     assert report.ok  # published counts nobody here could check only warn
+
+    # a protocol (cfp_fp) found as a ready .bin: the folder's checksums do not apply; its
+    # counts were verified here, so a 10-pair file is not CFP-FP
+    save_pairs(tmp_path / "glint360k" / "cfp_fp.bin", [jpg] * 20, [True, False] * 5)
+    report = verify("cfp_fp")
+    assert report.ok and [c.what for c in report.checks] == ["form", "pairs"]
+    with pytest.raises(DatasetIntegrityError, match="pairs: expected 7000, found 10"):
+        verify("cfp_fp", deep=True)
 
     meta = tmp_path / "IJB_release" / "IJBB" / "meta"
     meta.mkdir(parents=True)
@@ -197,7 +212,7 @@ def test_open_dataset_schemes(orl_root, tmp_path):
         open_dataset("foo:bar")
     with pytest.raises(FileNotFoundError, match="neither a manifest name"):
         open_dataset("no_such_thing")
-    with pytest.raises(ValueError, match="'lfw' is a pairs-bin evaluation set.*load_pairs"):
+    with pytest.raises(ValueError, match="'lfw' is a pairs-protocol evaluation set.*open_pair_set"):
         open_dataset("lfw")
 
 

@@ -93,13 +93,13 @@ def _info(args: argparse.Namespace) -> int:
     if target in list_manifests():
         m = load_manifest(target)
         print(f"manifest: {m.name} - {m.title} ({m.source})")
-        if m.format in ("pairs-bin", "ijb"):
+        if m.format in ("pairs-bin", "pairs-protocol", "ijb"):
             path = m.locate()
             print(f"format: {m.format}\npath: {path}\npairs expected: {m.pairs}")
-            if m.format == "pairs-bin":
-                from nbfacelib.data.pairs import load_pairs
+            if m.format in ("pairs-bin", "pairs-protocol"):
+                from nbfacelib.data.protocols import open_pair_set
 
-                ps = load_pairs(path)
+                ps = open_pair_set(target)
                 print(f"pairs: {len(ps)} (same {ps.n_same}, different {ps.n_diff})\nimages: {len(ps.images)}")
             return 0
     elif target.endswith(".bin"):

@@ -11,19 +11,22 @@ def register(subparsers) -> None:
 
     m = sub.add_parser(
         "make",
-        help="sample balanced, fold-ready pairs from a data set",
-        description="Sample N balanced same/different pairs from SRC in 10 fold-ready blocks "
-        "(LFW View 2 layout) and write them as an insightface .bin (JPEG images).",
+        help="write a published protocol (lfw, cfp_fp, cfp_ff, cfp_heldout) or sample pairs from a data set",
+        description="SRC a protocol name (lfw, cfp_fp, cfp_ff, cfp_heldout): write the published "
+        "pairs, in the publisher's order, from the data set under the data root (so the unshuffled "
+        "10-fold split is the protocol's own folds). Any other SRC: sample N balanced same/different "
+        "pairs in 10 fold-ready blocks (LFW View 2 layout). Written as an insightface .bin (JPEG).",
     )
     m.add_argument(
-        "src", metavar="SRC", help="data set URI or path (anything nbfacelib.data.open_dataset takes)"
+        "src",
+        metavar="SRC",
+        help="a protocol name, or a data set URI or path (anything nbfacelib.data.open_dataset takes)",
     )
     m.add_argument(
         "--pairs",
         type=int,
-        required=True,
         metavar="N",
-        help="how many pairs to sample, half of them same-identity",
+        help="how many pairs to sample, half of them same-identity (not for a published protocol)",
     )
     m.add_argument("--out", required=True, metavar="X.bin", help="path of the .bin pair set to write")
     g = m.add_mutually_exclusive_group()
@@ -83,11 +86,43 @@ def _read_ids(path: str) -> list[int]:
     return ids
 
 
+def _make_protocol(args: argparse.Namespace) -> int:
+    from nbfacelib.data.manifest import load_manifest
+    from nbfacelib.data.pairs import save_pairs
+    from nbfacelib.data.protocols import read_protocol
+
+    given = [f for f in ("pairs", "exclude_ids", "train_ids") if getattr(args, f) is not None]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(f"{args.src} is a published protocol: its pairs are fixed ({flags} not allowed)")
+    m = load_manifest(args.src)
+    folder = m.locate()
+    if not folder.is_dir():
+        raise ValueError(
+            f"{args.src}: found a ready pair set {folder}, not the protocol's folder to build from"
+        )
+    protocol = read_protocol(m.protocol.get("reader", args.src), folder)
+    ps = protocol.to_pair_set(quality=args.quality, progress=not args.no_progress)
+    out = save_pairs(args.out, ps.images, ps.issame)
+    print(
+        f"{out}: {args.src} protocol from {folder}, {len(ps)} pairs ({ps.n_same} same, {ps.n_diff} "
+        f"different) in {protocol.nfolds} folds of {len(ps) // protocol.nfolds}, in the publisher's order"
+    )
+    return 0
+
+
 def _make(args: argparse.Namespace) -> int:
     import numpy as np
 
     from nbfacelib.data.pairs import make_pair_set, save_pairs
+    from nbfacelib.data.protocols import PROTOCOLS
 
+    if args.src in PROTOCOLS:
+        return _make_protocol(args)
+    if args.pairs is None:
+        raise ValueError(
+            f"--pairs N is required to sample pairs from {args.src} (protocols: {', '.join(PROTOCOLS)})"
+        )
     ds = _open_dataset(args.src)
     exclude = None
     if args.exclude_ids:

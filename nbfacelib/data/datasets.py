@@ -138,8 +138,8 @@ def open_manifest(name: str, size: int | None = 112, **kw):
     raise ValueError(
         f"data set {name!r} is a {m.format} evaluation set, not an image/label data set; "
         + (
-            "read it with nbfacelib.data.pairs.load_pairs(path)"
-            if m.format == "pairs-bin"
+            f"read it with nbfacelib.data.protocols.open_pair_set({name!r})"
+            if m.format in ("pairs-bin", "pairs-protocol")
             else "use the IJB evaluation"
         )
         + f" (path: {m.find() or 'not present; see nbface data verify ' + name})"

@@ -5,6 +5,11 @@ Reading
 ``FolderDataset(root, size=112)`` lists ``root/<identity>/<image>`` for the extensions in
 :data:`IMAGE_EXTENSIONS` (case-insensitive). Identity folders are sorted *naturally*
 (``s2`` < ``s10``) and numbered 0..K-1; images inside a folder are sorted the same way.
+An identity folder may hold its images in sub-folders at any depth (CFP's
+``001/frontal/01.jpg``, ``001/profile/01.jpg``): they belong to that identity, come after the
+images lying directly in it (sub-folders in natural order), and ``FolderDataset.subfolders[i]``
+records image ``i``'s sub-folder relative to its identity folder (``"frontal"``; ``""`` for an
+image lying directly in it), a per-image attribute such as pose.
 Files directly in ``root`` (a README, a licence) and hidden entries are ignored. Every item
 is ``(uint8 tensor (3, size, size) RGB, int label)``: grey, palette, 16-bit and RGBA images
 are converted to 3-channel 8-bit RGB.
@@ -46,10 +51,11 @@ def natural_key(name: str) -> tuple:
     """Sort key that orders digit runs by value: ``s2`` < ``s10`` < ``t1``.
 
     ``re.split`` with a capturing group alternates text / digits, so items at the same
-    position always have the same type and tuples compare without TypeError.
+    position of the inner tuple always have the same type; the name itself (the tie-break)
+    sits outside it, so ``s`` and ``s1`` compare as a prefix instead of ``str`` against ``int``.
     """
     parts = re.split(r"(\d+)", name)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (name,)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), name
 
 
 def _is_image(name: str, extensions=IMAGE_EXTENSIONS) -> bool:
@@ -210,10 +216,7 @@ def scan_image_folder(
     labels: list[int] = []
     empty = []
     for label, cls in enumerate(classes):
-        names = sorted(
-            (e.name for e in os.scandir(root / cls) if e.is_file() and _is_image(e.name, extensions)),
-            key=natural_key,
-        )
+        names = _identity_images(root / cls, extensions)
         if not names:
             empty.append(cls)
         paths.extend(root / cls / n for n in names)
@@ -227,6 +230,23 @@ def scan_image_folder(
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
+def _identity_images(folder: Path, extensions) -> list[str]:
+    """Relative paths of the images under one identity folder: those lying in it first, then
+    each sub-folder's (natural order, recursively); hidden entries are skipped."""
+    names, subdirs = [], []
+    for e in os.scandir(folder):
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            subdirs.append(e.name)
+        elif e.is_file() and _is_image(e.name, extensions):
+            names.append(e.name)
+    out = sorted(names, key=natural_key)
+    for d in sorted(subdirs, key=natural_key):
+        out.extend(f"{d}/{n}" for n in _identity_images(folder / d, extensions))
+    return out
+
+
 try:  # torch is a hard dependency of the package, but keep this module importable without it
     from torch.utils.data import Dataset as _Dataset
 except ImportError:  # pragma: no cover
@@ -237,7 +257,8 @@ class FolderDataset(_Dataset):
     """Identity-per-folder images as ``(uint8 (3, size, size), label)``.
 
     Attributes: ``classes`` (folder names, natural order), ``class_to_idx``, ``paths``,
-    ``labels`` (int64 numpy), ``num_classes``. ``transform`` (optional) is applied to the
+    ``labels`` (int64 numpy), ``num_classes``, ``subfolders`` (per image: its sub-folder under
+    the identity folder, ``""`` when it lies directly in it). ``transform`` (optional) is applied to the
     uint8 tensor.
     """
 
@@ -258,6 +279,11 @@ class FolderDataset(_Dataset):
         self.transform = transform
         self.classes, self.paths, self.labels = scan_image_folder(self.root, extensions, allow_empty)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        # "." (an image directly in its identity folder) is written ""
+        self.subfolders = [
+            p.parent.relative_to(self.root / self.classes[y]).as_posix().lstrip(".")
+            for p, y in zip(self.paths, self.labels)
+        ]
 
     @property
     def num_classes(self) -> int:

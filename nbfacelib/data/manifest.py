@@ -4,15 +4,19 @@ the data root, how to obtain it, and how to check that it is there and unaltered
 Manifests are read from ``$NBFACELIB_MANIFESTS`` if set, else from ``<repo>/data_manifests``
 (the package is installed editable, so that is a path relative to this file).
 
-Fields: ``name``, ``title``, ``format`` (synthetic | folder | rec | pairs-bin | ijb),
+Fields: ``name``, ``title``, ``format`` (synthetic | folder | rec | pairs-bin | pairs-protocol
+| ijb; a ``pairs-protocol`` data set is a folder of images plus its publisher's pair lists,
+read by :mod:`nbfacelib.data.protocols`, and its ``alternatives`` may name a ready ``.bin``),
 ``location`` (relative to the data root; ``alternatives`` lists other accepted places),
 ``identities`` / ``images`` / ``pairs`` (expected counts; ``counts_verified: false`` marks
 figures taken from the publishers' documentation that nobody here could check, whose
 mismatch is a warning rather than a failure), ``required`` (files under the location),
-``checksums``, ``protocol``, ``obtain`` (free text), ``credit``, and ``bundled``: where a
-data set also ships inside the package, ``{location: <path under nbfacelib/data/bundled>,
-checksums: {...}}`` (the shipped copy may be stored in another lossless format, hence its own
-checksums). A copy under the data root takes precedence over the shipped one.
+``checksums``, ``protocol``, ``processing`` (what was done to the data root's copy),
+``validation`` (pair sets of people a training set leaves out: its default validation),
+``obtain`` (free text), ``credit``, and ``bundled``: where a data set also ships inside the
+package, ``{location: <path under nbfacelib/data/bundled>, checksums: {...}}`` (the shipped copy
+may be stored in another lossless format, hence its own checksums). A copy under the data root
+takes precedence over the shipped one.
 
 Checksums (scheme ``sha256-listing-v1``): ``files`` maps a path under the location to its
 sha256 (``null`` = unknown: never invented); ``tree_sha256`` is the sha256 of the *listing*,
@@ -37,7 +41,7 @@ from .root import ENV_VAR as DATA_ENV_VAR
 from .root import bundled_root, data_root
 
 MANIFESTS_ENV = "NBFACELIB_MANIFESTS"
-FORMATS = ("synthetic", "folder", "rec", "pairs-bin", "ijb")
+FORMATS = ("synthetic", "folder", "rec", "pairs-bin", "pairs-protocol", "ijb")
 LISTING_SCHEME = "sha256-listing-v1"
 
 
@@ -81,6 +85,8 @@ class Manifest:
     checksums: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    processing: str = ""
+    validation: list[str] = field(default_factory=list)
     obtain: str = ""
     credit: str = ""
     notes: str = ""
@@ -368,7 +374,14 @@ def _verify_counts(m: Manifest, path: Path, report: VerifyReport, deep: bool) ->
             report.add("identities", m.identities, ds.num_classes, soft=soft)
         if m.images is not None:
             report.add("images", m.images, len(ds), soft=soft)
-    elif m.format == "pairs-bin":
+    elif m.format == "pairs-protocol" and path.is_dir():
+        from .protocols import protocol_counts
+
+        counts = protocol_counts(m.protocol.get("reader", m.name), path)
+        for key in ("identities", "images", "pairs"):
+            if getattr(m, key) is not None:
+                report.add(key, getattr(m, key), counts[key], soft=soft)
+    elif m.format in ("pairs-bin", "pairs-protocol"):  # a protocol's alternative is a ready .bin
         if not deep:
             report.add("pairs", m.pairs, "not counted (use deep: unpickles the file)", "skipped")
             return
@@ -448,14 +461,20 @@ def verify(name: str, *, deep: bool = False, strict: bool = True) -> VerifyRepor
         if strict:
             raise DatasetNotFoundError(m.missing_message())
         return report
-    for rel in m.required:
-        report.add(f"file {rel}", "present", "present" if (path / rel).exists() else "missing")
-    if not report.failures:
-        try:
-            _verify_counts(m, path, report, deep)
-        except (OSError, ValueError) as exc:
-            report.add("readable", "yes", f"no: {exc}", "FAIL")
-        _verify_checksums(m, path, report)
+    if m.format == "pairs-protocol" and path.is_file():
+        # a ready insightface .bin in place of the protocol's folder: the folder's files and
+        # checksums do not apply to it (its own sha256 is unknown); its pairs are counted (deep)
+        report.add("form", "protocol folder", f"ready .bin {path.name} (checksums not applicable)", "ok")
+        _verify_counts(m, path, report, deep)
+    else:
+        for rel in m.required:
+            report.add(f"file {rel}", "present", "present" if (path / rel).exists() else "missing")
+        if not report.failures:
+            try:
+                _verify_counts(m, path, report, deep)
+            except (OSError, ValueError) as exc:
+                report.add("readable", "yes", f"no: {exc}", "FAIL")
+            _verify_checksums(m, path, report)
     for c in report.checks:
         if c.status == "warn":
             warnings.warn(f"{name}: {c} (the manifest's counts are unverified)", stacklevel=2)

@@ -195,7 +195,8 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
     ``heldout`` (the ``holdout_ids`` identities kept out of a folder/rec training set)."""
     from pathlib import Path
 
-    from nbfacelib.data.pairs import load_pairs, make_pair_set
+    from nbfacelib.data.pairs import make_pair_set
+    from nbfacelib.data.protocols import open_pair_set
 
     out = {}
     for spec in cfg.val:
@@ -211,17 +212,9 @@ def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torc
             )
             name = "heldout"
         else:
-            path = Path(spec)
-            if not path.is_file():
-                from nbfacelib.data.manifest import list_manifests, load_manifest
-
-                if spec not in list_manifests():
-                    raise FileNotFoundError(
-                        f"val pair set {spec!r}: no such file, and not a manifest name "
-                        f"(or use synthetic-heldout / heldout)"
-                    )
-                path = load_manifest(spec).locate()  # names the data set and how to obtain it
-            pairs = load_pairs(path)
-            name = path.stem if spec.endswith(".bin") else spec
+            # a .bin path or a pair-set manifest (lfw, cfp_heldout, ...: built from the
+            # protocol's files, or read from a ready .bin); a missing one says how to obtain it
+            pairs = open_pair_set(spec)
+            name = Path(spec).stem if spec.endswith(".bin") else spec
         out[name] = (pairs.decode(size=cfg.input_size), np.asarray(pairs.issame))
     return out
