@@ -21,7 +21,12 @@ HELP = {
     "loss": "training objective (nbfacelib.losses.list_objectives(): arcface, cosface, curricularface, ...)",
     "loss_kwargs": 'keywords of the objective, e.g. \'{"s": 64, "m": 0.5}\' for arcface',
     "data": "training data: synthetic:ids=..,per_id=.., folder:PATH, rec:PATH or a manifest name",
-    "val": "comma-separated pair sets: a .bin path, synthetic-heldout, or heldout (with --holdout-ids)",
+    "val": "comma-separated pair sets: a .bin path, a pair-set name (lfw, cfp_heldout, ...), "
+    "synthetic-heldout, or heldout (with --holdout-ids). On folder/rec data synthetic-heldout means "
+    "the data's own held-out people: its manifest's validation sets, else its last identities",
+    "crop_scale": "random resized crop: area fraction range, e.g. 0.7 1.0 (default off)",
+    "crop_ratio": "random resized crop: aspect ratio range (default 0.9 1.1)",
+    "color_jitter": "brightness/contrast/saturation jitter strength, e.g. 0.3 (default 0: off)",
     "steps": "optimizer steps (wins over --epochs)",
     "epochs": "passes over the training set (may be fractional)",
     "batch_size": "images per micro-batch per process",
@@ -63,6 +68,10 @@ def register(subparsers) -> None:
             p.add_argument(_flag(f.name), type=float, default=None, help=text)
         elif kind == list[int]:
             p.add_argument(_flag(f.name), type=int, nargs="*", default=None, help=text)
+        elif kind in (list[float], list[float] | None):
+            p.add_argument(
+                _flag(f.name), type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=text
+            )
         elif kind == list[str]:
             p.add_argument(
                 _flag(f.name), type=lambda s: [v for v in s.split(",") if v], default=None, help=text

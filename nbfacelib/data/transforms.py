@@ -30,3 +30,40 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
         images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class TrainAugment:
+    """Random resized crop (to ``size``) and colour jitter of a uint8 batch, per image.
+
+    torchvision's ``v2.RandomResizedCrop(size, scale, ratio)`` (Szegedy et al. 2015's crop:
+    area fraction ``scale``, aspect ``ratio``, bilinear with antialiasing) and
+    ``v2.ColorJitter(brightness=c, contrast=c, saturation=c)`` do the work; they draw their
+    parameters from torch's global generator, so each call runs under a forked RNG seeded from
+    ``generator``: a batch stays a pure function of (seed, step), as the engine's resume needs.
+    ``crop_scale`` None: no crop (a plain resize to ``size``); ``color_jitter`` 0: no jitter.
+    """
+
+    def __init__(self, size: int, crop_scale=None, crop_ratio=(0.9, 1.1), color_jitter: float = 0.0):
+        from torchvision.transforms import v2
+
+        steps = []
+        if crop_scale is not None:
+            steps.append(
+                v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), antialias=True)
+            )
+        if color_jitter:
+            steps.append(
+                v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+            )
+        self.size = size
+        self.pipeline = v2.Compose(steps) if steps else None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size)."""
+        if self.pipeline is None:
+            return resize(images, self.size)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = torch.stack([self.pipeline(img) for img in images])
+        return resize(out, self.size)  # no-op after a crop; the size rule when only jitter ran

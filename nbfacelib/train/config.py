@@ -49,6 +49,11 @@ class TrainConfig:
     val_ids: int = 100  # identities rendered for "synthetic-heldout" (after the training ones)
     holdout_ids: int = 0  # last N identities of a folder/rec data set kept out for "heldout"
     flip: bool = True  # random horizontal flip of training images (arcface_torch does it)
+    # random resized crop (torchvision RandomResizedCrop) to input_size: area fraction range and
+    # aspect-ratio range of the crop; None: off (arcface_torch trains on aligned crops as they are)
+    crop_scale: list[float] | None = None  # e.g. [0.7, 1.0]
+    crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    color_jitter: float = 0.0  # brightness = contrast = saturation jitter (torchvision ColorJitter); 0: off
     num_workers: int = 0  # DataLoader workers for folder/rec data (synthetic renders in-process)
     cache_mb: int = 1024  # synthetic: keep rendered images when the whole set fits (MiB)
 
@@ -109,6 +114,14 @@ class TrainConfig:
             raise ValueError(
                 "config loss_kwargs: give sample_rate as the config field sample_rate, not in loss_kwargs"
             )
+        for key in ("crop_scale", "crop_ratio"):
+            v = getattr(self, key)
+            if v is not None and (len(v) != 2 or not 0 < v[0] <= v[1]):
+                raise ValueError(f"config {key}={v!r}: expected [low, high] with 0 < low <= high")
+        if self.crop_scale is not None and self.crop_scale[1] > 1:
+            raise ValueError(f"config crop_scale={self.crop_scale!r}: an area fraction, at most 1")
+        if self.color_jitter < 0:
+            raise ValueError(f"config color_jitter={self.color_jitter}: must be >= 0")
         if self.steps is None and self.epochs is None:
             raise ValueError("config: give steps or epochs")
         if self.steps is not None and self.steps < 1:

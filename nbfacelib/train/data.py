@@ -40,10 +40,15 @@ class TrainBatches:
 
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.per_step = cfg.batch_size * cfg.grad_accum
-        # the readers resize to 112 / 160 themselves (synthetic renders only those); any other
-        # input size is read natively (folders) or at 112 (synthetic) and resized here
-        self.dataset = open_dataset(cfg.data, size=cfg.input_size if cfg.input_size in (112, 160) else None)
+        # synthetic faces render at 112 / 160 only; another input size is resized here
+        size = cfg.input_size if cfg.input_size in (112, 160) else None
+        self.dataset = open_dataset(cfg.data, size=size)
         self.synthetic = hasattr(self.dataset, "render_batch")
+        self.augment = None
+        if cfg.crop_scale is not None or cfg.color_jitter:
+            self.augment = transforms.TrainAugment(
+                cfg.input_size, cfg.crop_scale, cfg.crop_ratio, cfg.color_jitter
+            )
         if self.synthetic:
             self.num_classes = int(self.dataset.num_identities)
             self.per_id = int(self.dataset.per_identity)
@@ -60,6 +65,12 @@ class TrainBatches:
                 self.cache = torch.zeros((self.num_images, 3, s, s), dtype=torch.uint8, device=device)
                 self.cached = torch.zeros(self.num_images, dtype=torch.bool, device=device)
             return
+        # folders and .rec pad a non-square image to a square themselves (the folder size rule);
+        # read natively and resized here, CFP's crops would be stretched. A random crop gets
+        # at least 112 px to crop from.
+        store = max(112, cfg.input_size) if cfg.crop_scale is not None else cfg.input_size
+        if size != store:
+            self.dataset = open_dataset(cfg.data, size=store)
         labels = np.asarray(self.dataset.labels, dtype=np.int64)
         ids = np.unique(labels)
         if cfg.holdout_ids >= len(ids):
@@ -96,8 +107,7 @@ class TrainBatches:
         return self.cache[index]
 
     def _read(self, i: int) -> torch.Tensor:
-        img, _ = self.dataset[int(i)]
-        return self.resize(img[None])[0]
+        return self.dataset[int(i)][0]  # already square at the stored size (see __init__)
 
     # --- batches ----------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +124,8 @@ class TrainBatches:
             else:
                 images, labels = self._from_loader(step)
             g = _generator(self.cfg.seed, step, self.rank, 2)
+        if self.augment is not None:  # its own stream: batches without augmentation are unchanged
+            images = self.augment(images, _generator(self.cfg.seed, step, self.rank, 4))
         if self.cfg.flip:
             flip = torch.rand(len(labels), generator=g) < 0.5
             images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(3), images)
@@ -187,6 +199,60 @@ def synthetic_pairs(faces, n_pairs: int, seed: int, data: TrainBatches | None = 
         images, _ = faces.render_batch(chunk // faces.per_identity, chunk % faces.per_identity)
         parts.append(images if data is None else data.resize(images))
     return torch.cat(parts)[inverse], np.asarray(same)
+
+
+def resolve_validation(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """The validation of ``cfg`` made concrete for its data, and a sentence saying what it is.
+
+    ``synthetic-heldout`` (every preset's default) renders identities after the synthetic
+    training ones; on a folder / ``.rec`` / manifest data set it means *the data's own held-out
+    people* instead:
+    - a manifest that names pair sets of people it leaves out (``validation:``, e.g. ``cfp`` ->
+      ``cfp_heldout``, ``lfw``): those that are present under the data root;
+    - otherwise ``heldout``: the last ``holdout_ids`` identities (when 0: 10% of them, at least
+      2) are kept out of training and ``val_pairs`` pairs of them (fewer when they cannot
+      supply that many same-identity pairs) are the validation set;
+    - with fewer than 10 identities validation is skipped.
+    Other entries of ``val`` are kept as given. Returns ``(cfg, None)`` when nothing changed.
+    """
+    from nbfacelib.data import open_dataset
+    from nbfacelib.data.datasets import _split_uri
+    from nbfacelib.data.manifest import list_manifests, load_manifest
+
+    if "synthetic-heldout" not in cfg.val:
+        return cfg, None
+    scheme, rest = _split_uri(cfg.data)
+    name = rest if scheme == "manifest" else (cfg.data if scheme is None else None)
+    manifest = load_manifest(name) if name in list_manifests() else None
+    if scheme == "synthetic" or cfg.data == "synthetic" or (manifest and manifest.format == "synthetic"):
+        return cfg, None
+    others = [v for v in cfg.val if v != "synthetic-heldout"]
+    if manifest is not None and manifest.validation:
+        present = [v for v in manifest.validation if load_manifest(v).find() is not None]
+        missing = [v for v in manifest.validation if v not in present]
+        note = f"validation on {', '.join(present) or 'nothing'}: the pair sets of people {name!r} leaves out"
+        if missing:
+            note += f" ({', '.join(missing)} not under the data root: skipped)"
+        return cfg.replace(val=others + [v for v in present if v not in others]), note
+    labels = np.asarray(open_dataset(cfg.data, size=None).labels)
+    ids, counts = np.unique(labels, return_counts=True)
+    if len(ids) < 10 and not cfg.holdout_ids:
+        return cfg.replace(val=others), (
+            f"validation skipped: {cfg.data} has {len(ids)} identities, too few to hold some out"
+        )
+    k = cfg.holdout_ids or max(2, round(0.1 * len(ids)))
+    held = counts[len(ids) - k :]
+    same_capacity = int((held * (held - 1) // 2).sum())
+    pairs = min(cfg.val_pairs, 2 * same_capacity) // 20 * 20  # 10 folds of same + different
+    if pairs < 20:
+        return cfg.replace(val=others), (
+            f"validation skipped: the last {k} identities of {cfg.data} have too few images for pairs"
+        )
+    note = (
+        f"validation on 'heldout': the last {k} of {len(ids)} identities of {cfg.data} are kept out "
+        f"of training ({pairs} pairs of them)"
+    )
+    return cfg.replace(val=others + ["heldout"], holdout_ids=k, val_pairs=pairs), note
 
 
 def build_val_sets(cfg: TrainConfig, data: TrainBatches) -> dict[str, tuple[torch.Tensor, np.ndarray]]:

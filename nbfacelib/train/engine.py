@@ -43,7 +43,7 @@ from nbfacelib.distributed import local_rank
 from nbfacelib.models.output import as_output
 from nbfacelib.train import checkpoint as ckpt_io
 from nbfacelib.train.config import TrainConfig
-from nbfacelib.train.data import TrainBatches, build_val_sets
+from nbfacelib.train.data import TrainBatches, build_val_sets, resolve_validation
 from nbfacelib.train.schedule import WarmupDecay, build_scheduler
 
 
@@ -62,10 +62,13 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     cfg = config.replace(**overrides) if overrides else config
+    cfg, validation_note = resolve_validation(cfg)  # folder/rec data: its own held-out people
 
     # --- devices, processes, determinism ---------------------------------------------------
     owns_group = not dist.is_distributed() and dist.init_distributed()  # torchrun: set up here
     rank, world = dist.rank(), dist.world_size()
+    if validation_note:
+        _log(rank, validation_note)
     device = _resolve_device(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"

@@ -1,0 +1,137 @@
+"""The real training track: training on one's own folder with a preset's defaults (the
+validation it picks), the crop / colour augmentation, and the ``cfp`` manifest's held-out
+validation. The ``realdata`` tests need CFP / LFW under the data root."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nbfacelib.cli import main
+from nbfacelib.data.folder import write_image_folder
+from nbfacelib.data.transforms import TrainAugment
+from nbfacelib.train import TrainConfig
+from nbfacelib.train.data import TrainBatches, resolve_validation
+
+
+def _folder(path, ids: int, per_id: int, size=(40, 32)):
+    """``ids`` identities of ``per_id`` random non-square images each (labels 0..ids-1)."""
+    rng = np.random.default_rng(0)
+    items = [(rng.integers(0, 255, (*size, 3), dtype=np.uint8), k) for k in range(ids) for _ in range(per_id)]
+    write_image_folder(path, items, ext="png")
+    return path
+
+
+# ----------------------------------------------------------------------- validation rule
+def test_synthetic_data_keeps_synthetic_heldout():
+    cfg = TrainConfig.from_preset("smoke")
+    assert resolve_validation(cfg) == (cfg, None)
+
+
+def test_folder_data_holds_out_its_last_identities(tmp_path):
+    _folder(tmp_path / "f", ids=30, per_id=5)
+    cfg = TrainConfig.from_preset(
+        "smoke", data=f"folder:{tmp_path / 'f'}", val=["synthetic-heldout", "x.bin"]
+    )
+    got, note = resolve_validation(cfg)
+    # 10% of 30 identities = 3, of 5 images each: 3 x 10 = 30 same pairs -> 60 pairs (10 folds)
+    assert got.holdout_ids == 3 and got.val == ["x.bin", "heldout"] and got.val_pairs == 60
+    assert "last 3 of 30 identities" in note and "60 pairs" in note
+    # an explicit holdout is kept; the pair count still fits what those identities supply
+    got, _ = resolve_validation(cfg.replace(holdout_ids=6, val=["synthetic-heldout"]))
+    assert got.holdout_ids == 6 and got.val_pairs == 120
+
+
+def test_folder_with_few_identities_skips_validation_and_says_so(tmp_path):
+    _folder(tmp_path / "f", ids=5, per_id=3)
+    cfg = TrainConfig.from_preset("smoke", data=f"folder:{tmp_path / 'f'}")
+    got, note = resolve_validation(cfg)
+    assert got.val == [] and "validation skipped" in note and "5 identities" in note
+
+
+def test_manifest_validation_sets_replace_synthetic_heldout(tmp_path, monkeypatch):
+    """A manifest naming the pair sets of people it leaves out: those present are used."""
+    mdir, root = tmp_path / "manifests", tmp_path / "root"
+    mdir.mkdir()
+    _folder(root / "people", ids=12, per_id=3)
+    (root / "held.bin").write_bytes(b"")
+    (mdir / "people.yaml").write_text(
+        "name: people\nformat: folder\nlocation: people\nvalidation: [held, gone]\nobtain: by hand\n"
+    )
+    (mdir / "held.yaml").write_text("name: held\nformat: pairs-bin\nlocation: held.bin\nobtain: by hand\n")
+    (mdir / "gone.yaml").write_text("name: gone\nformat: pairs-bin\nlocation: gone.bin\nobtain: by hand\n")
+    monkeypatch.setenv("NBFACELIB_MANIFESTS", str(mdir))
+    monkeypatch.setenv("NBFACELIB_DATA", str(root))
+    got, note = resolve_validation(TrainConfig.from_preset("smoke", data="people"))
+    assert got.val == ["held"] and got.holdout_ids == 0
+    assert "leaves out" in note and "gone not under the data root" in note
+
+
+def test_train_on_a_folder_with_the_preset_defaults(tmp_path, capsys):
+    """`nbface train --data folder:X` used to fail at once (synthetic-heldout refused)."""
+    _folder(tmp_path / "f", ids=20, per_id=4)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "smoke", "--data", f"folder:{tmp_path / 'f'}", "--steps", "2"]
+    assert main([*args, "--batch-size", "8", "--input-size", "64", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "validation on 'heldout': the last 2 of 20 identities" in text
+    summary = json.loads(text[text.index("{") :])
+    assert 0.0 <= summary["heldout/accuracy"] <= 1.0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["val"] == ["heldout"] and saved["holdout_ids"] == 2  # the run records what it did
+
+
+# ----------------------------------------------------------------------- augmentation
+def test_augment_is_per_image_and_a_function_of_the_generator():
+    aug = TrainAugment(32, crop_scale=[0.5, 1.0], crop_ratio=[0.9, 1.1], color_jitter=0.4)
+    x = torch.randint(0, 256, (6, 3, 48, 48), dtype=torch.uint8)
+    x[1] = x[0]
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # the same image gets its own crop and jitter
+    # the global generator is neither used nor moved
+    state = torch.random.get_rng_state()
+    aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(state, torch.random.get_rng_state())
+    # off: a plain resize
+    plain = TrainAugment(32)
+    assert plain.pipeline is None and plain(x, torch.Generator()).shape == (6, 3, 32, 32)
+
+
+def test_augment_config_is_checked():
+    with pytest.raises(ValueError, match="crop_scale=\\[0.9, 0.5\\]"):
+        TrainConfig(crop_scale=[0.9, 0.5])
+    with pytest.raises(ValueError, match="an area fraction"):
+        TrainConfig(crop_scale=[0.5, 1.5])
+    with pytest.raises(ValueError, match="color_jitter=-0.1"):
+        TrainConfig(color_jitter=-0.1)
+
+
+def test_folder_batches_pad_non_square_images_and_augment(tmp_path):
+    _folder(tmp_path / "f", ids=4, per_id=4, size=(40, 20))  # 40 high, 20 wide
+    cfg = TrainConfig.from_preset(
+        "smoke", data=f"folder:{tmp_path / 'f'}", input_size=32, batch_size=4, val=[], flip=False
+    )
+    plain = TrainBatches(cfg, torch.device("cpu"))
+    img = plain.images[0]
+    assert img.shape == (3, 32, 32)
+    assert img[:, :, :7].max() == 0 and img[:, :, -7:].max() == 0  # padded, not stretched
+    aug = TrainBatches(cfg.replace(crop_scale=[0.6, 1.0], color_jitter=0.2), torch.device("cpu"))
+    assert aug.images.shape[-1] == 112  # a crop gets 112 px to crop from
+    x1, y1 = aug.batch(5)
+    x2, y2 = aug.batch(5)
+    assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+# ----------------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_cfp_trains_on_ids_001_450_and_validates_on_people_it_never_saw(real_data):
+    real_data("cfp")
+    real_data("lfw")
+    got, note = resolve_validation(TrainConfig.from_preset("cpu", data="cfp"))
+    assert got.val == ["cfp_heldout", "lfw"] and "cfp_heldout, lfw" in note
+    assert "cfp_fp" not in got.val  # the official CFP-FP holds the 450 training people
