@@ -10,7 +10,7 @@ import torch
 
 from nbfacelib.cli import main
 from nbfacelib.data.folder import write_image_folder
-from nbfacelib.data.transforms import TrainAugment
+from nbfacelib.data.transforms import TrainAugment, resize
 from nbfacelib.train import TrainConfig
 from nbfacelib.train.data import TrainBatches, resolve_validation
 
@@ -93,13 +93,45 @@ def test_augment_is_per_image_and_a_function_of_the_generator():
     assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a[0], a[1])  # the same image gets its own crop and jitter
+    params = aug.sample(x, torch.Generator().manual_seed(0))
+    boxes = params["boxes"]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 48**2
+    aspect = (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1])
+    assert ((area > 0.5 - 1e-4) & (area <= 1.0001)).all() and (
+        (aspect > 0.9 - 1e-4) & (aspect < 1.1001)
+    ).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 48).all()
     # the global generator is neither used nor moved
     state = torch.random.get_rng_state()
     aug(x, torch.Generator().manual_seed(3))
     assert torch.equal(state, torch.random.get_rng_state())
-    # off: a plain resize
-    plain = TrainAugment(32)
-    assert plain.pipeline is None and plain(x, torch.Generator()).shape == (6, 3, 32, 32)
+    assert not TrainAugment(32).active and torch.equal(
+        TrainAugment(32)(x, torch.Generator())[0], resize(x, 32)[0]
+    )
+
+
+def test_augment_crop_takes_the_drawn_box():
+    """A box of whole pixels resampled at its own size is exactly that window of the image."""
+    aug = TrainAugment(16, crop_scale=[0.1, 1.0])
+    x = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    boxes = torch.tensor([[8.0, 4.0, 24.0, 20.0], [0.0, 24.0, 16.0, 40.0]])
+    out = aug.apply(x, {"boxes": boxes, "factors": None})
+    assert torch.equal(out[0], x[0, :, 4:20, 8:24]) and torch.equal(out[1], x[1, :, 24:40, 0:16])
+
+
+def test_augment_jitter_equals_torchvision_image_by_image():
+    """Independent check: torchvision's adjust_brightness/contrast/saturation on each float image."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    aug = TrainAugment(24, color_jitter=0.5)
+    x = torch.randint(0, 256, (5, 3, 24, 24), dtype=torch.uint8)
+    params = aug.sample(x, torch.Generator().manual_seed(1))
+    got = aug.apply(x, params)
+    for img, (b, c, s), out in zip(x, params["factors"].tolist(), got):
+        y = tvf.adjust_brightness(img.float() / 255, b)  # float images are [0, 1] in torchvision
+        y = tvf.adjust_contrast(y, c)
+        y = tvf.adjust_saturation(y, s)
+        assert (out.int() - (255 * y).round().int()).abs().max() <= 1
 
 
 def test_augment_config_is_checked():
@@ -121,7 +153,7 @@ def test_folder_batches_pad_non_square_images_and_augment(tmp_path):
     assert img.shape == (3, 32, 32)
     assert img[:, :, :7].max() == 0 and img[:, :, -7:].max() == 0  # padded, not stretched
     aug = TrainBatches(cfg.replace(crop_scale=[0.6, 1.0], color_jitter=0.2), torch.device("cpu"))
-    assert aug.images.shape[-1] == 112  # a crop gets 112 px to crop from
+    assert aug.images.shape[-1] == 42  # 32 / sqrt(0.6): the smallest crop spans ~32 px
     x1, y1 = aug.batch(5)
     x2, y2 = aug.batch(5)
     assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)

@@ -44,11 +44,9 @@ class TrainBatches:
         size = cfg.input_size if cfg.input_size in (112, 160) else None
         self.dataset = open_dataset(cfg.data, size=size)
         self.synthetic = hasattr(self.dataset, "render_batch")
-        self.augment = None
-        if cfg.crop_scale is not None or cfg.color_jitter:
-            self.augment = transforms.TrainAugment(
-                cfg.input_size, cfg.crop_scale, cfg.crop_ratio, cfg.color_jitter
-            )
+        self.augment = transforms.TrainAugment(
+            cfg.input_size, cfg.crop_scale, cfg.crop_ratio, cfg.color_jitter
+        )
         if self.synthetic:
             self.num_classes = int(self.dataset.num_identities)
             self.per_id = int(self.dataset.per_identity)
@@ -66,9 +64,11 @@ class TrainBatches:
                 self.cached = torch.zeros(self.num_images, dtype=torch.bool, device=device)
             return
         # folders and .rec pad a non-square image to a square themselves (the folder size rule);
-        # read natively and resized here, CFP's crops would be stretched. A random crop gets
-        # at least 112 px to crop from.
-        store = max(112, cfg.input_size) if cfg.crop_scale is not None else cfg.input_size
+        # read natively and resized here, CFP's crops would be stretched. A random crop gets a
+        # source large enough that the smallest crop is about input_size pixels.
+        store = cfg.input_size
+        if cfg.crop_scale is not None:
+            store = transforms.crop_source_size(cfg.input_size, cfg.crop_scale)
         if size != store:
             self.dataset = open_dataset(cfg.data, size=store)
         labels = np.asarray(self.dataset.labels, dtype=np.int64)
@@ -124,7 +124,7 @@ class TrainBatches:
             else:
                 images, labels = self._from_loader(step)
             g = _generator(self.cfg.seed, step, self.rank, 2)
-        if self.augment is not None:  # its own stream: batches without augmentation are unchanged
+        if self.augment.active:  # its own stream: batches without augmentation are unchanged
             images = self.augment(images, _generator(self.cfg.seed, step, self.rank, 4))
         if self.cfg.flip:
             flip = torch.rand(len(labels), generator=g) < 0.5
