@@ -159,6 +159,12 @@ def test_folder_batches_pad_non_square_images_and_augment(tmp_path):
     assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
+def test_cpu_real_preset_trains_on_cfp_and_scores_on_people_it_never_saw():
+    cfg = TrainConfig.from_preset("cpu_real")
+    assert cfg.data == "cfp" and cfg.val == ["cfp_heldout", "lfw"] and "cfp_fp" not in cfg.val
+    assert cfg.crop_scale == [0.7, 1.0] and cfg.color_jitter > 0 and cfg.flip
+
+
 # ----------------------------------------------------------------------- real data
 @pytest.mark.realdata
 def test_cfp_trains_on_ids_001_450_and_validates_on_people_it_never_saw(real_data):

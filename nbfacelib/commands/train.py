@@ -16,7 +16,7 @@ import json
 import typing
 
 HELP = {
-    "preset": "smoke | cpu | gpu | paper | auto: defaults from presets.yaml (flags override)",
+    "preset": "smoke | cpu | cpu_real | gpu | paper | auto: defaults from presets.yaml (flags override)",
     "backbone": "backbone name (nbface models / nbfacelib.models.list_backbones())",
     "loss": "training objective (nbfacelib.losses.list_objectives(): arcface, cosface, curricularface, ...)",
     "loss_kwargs": 'keywords of the objective, e.g. \'{"s": 64, "m": 0.5}\' for arcface',
