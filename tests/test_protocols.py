@@ -115,6 +115,23 @@ def test_pairs_make_writes_the_protocol_with_the_files_bytes(mini_lfw, tmp_path,
     assert "published protocol" in capsys.readouterr().err
 
 
+def test_lfw_evalset_reads_each_image_once_in_protocol_order(mini_lfw, tmp_path, monkeypatch):
+    from nbfacelib.data.manifest import DatasetNotFoundError
+    from nbfacelib.eval.evalsets import open_evalset
+
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
+    es = open_evalset("lfw", input_size=32)
+    p = read_lfw_pairs(mini_lfw)
+    assert es.n_pairs == 8 and es.issame.tolist() == p.issame.tolist()
+    assert es.images.shape == (15, 3, 32, 32)  # 16 image references, Di_D_0001 twice
+    # pair 0 is Ann_A_0001 / Ann_A_0012, written with the values 1 and 12 (see the fixture)
+    assert es.images[es.idx1[0]].float().mean() == pytest.approx(1, abs=1.5)
+    assert es.images[es.idx2[0]].float().mean() == pytest.approx(12, abs=1.5)
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DatasetNotFoundError, match="lfw"):
+        open_evalset("lfw")
+
+
 # ------------------------------------------------------------------------ miniature CFP
 @pytest.fixture
 def mini_cfp(tmp_path):

@@ -8,8 +8,11 @@ One :class:`EvalSet` type for every source a notebook evaluates on:
 - :func:`pair_bin`: any verification ``.bin`` (LFW, CFP-FP, AgeDB-30; pairs ``(2i, 2i+1)``),
   decoded lazily;
 - :func:`image_folder`: any folder of one sub-folder per identity, with balanced pairs;
-- :func:`open_evalset`: one of the above by name (``synthetic-heldout``, ``orl``, a ``.bin``,
-  a folder).
+- :func:`protocol`: a published protocol read from the data root (``lfw``: LFW View 2;
+  ``cfp_fp`` / ``cfp_ff``; ``cfp_heldout``: CFP-FP's split 10, the people the ``cfp``
+  training set never sees), each distinct image read once;
+- :func:`open_evalset`: one of the above by name (``synthetic-heldout``, ``orl``, a pair-set
+  name, a ``.bin``, a folder).
 
 Scoring (:func:`evaluate_embeddings`, :func:`evaluate_model`) is the arcface_torch protocol of
 :func:`nbfacelib.eval.verification.evaluate` on embeddings from :func:`nbfacelib.eval.embed.embed`
@@ -42,6 +45,7 @@ __all__ = [
     "pair_bin",
     "pair_quality",
     "pixel_baseline",
+    "protocol",
     "quality_bins",
     "synthetic_heldout",
 ]
@@ -232,10 +236,42 @@ def image_folder(
     )
 
 
+def protocol(name: str, input_size: int = 112) -> EvalSet:
+    """A published verification protocol (:mod:`nbfacelib.data.protocols`) by its manifest
+    name, in the publisher's order and folds: each distinct image read once (LFW's 6,000 pairs
+    use 7,701 images), padded to a square by the folder size rule at 112 and resized to
+    ``input_size`` by the engine's rule. Where the manifest finds a ready ``.bin`` instead of
+    the data set's folder, that is read (:func:`pair_bin`). A data set absent from the data
+    root raises :class:`~nbfacelib.data.manifest.DatasetNotFoundError` (how to obtain it)."""
+    from nbfacelib.data.folder import decode_image, fit_square, to_chw_tensor
+    from nbfacelib.data.manifest import load_manifest
+    from nbfacelib.data.protocols import read_protocol
+
+    m = load_manifest(name)
+    found = m.locate()
+    if found.is_file():
+        return pair_bin(found, input_size, name=name)
+    pairs = read_protocol(m.protocol.get("reader", name), found)
+    paths = sorted(set(pairs.first) | set(pairs.second))
+    index = {p: i for i, p in enumerate(paths)}
+    images = torch.stack([to_chw_tensor(fit_square(decode_image(p), 112)) for p in paths])
+    return EvalSet(
+        name,
+        transforms.resize(images, input_size),
+        None,
+        np.asarray([index[p] for p in pairs.first]),
+        np.asarray([index[p] for p in pairs.second]),
+        pairs.issame,
+        None,
+        f"{m.title or name}: {len(pairs)} pairs over {len(paths)} images, {pairs.nfolds} folds as published",
+    )
+
+
 def open_evalset(spec: str, input_size: int = 112, n_pairs: int = 600, **kw: Any) -> EvalSet:
     """An evaluation set by name: ``orl``; ``synthetic-heldout`` (needs ``identity_offset``, and
     takes ``num_identities``, ``per_identity`` and the other keywords of
-    :func:`synthetic_heldout`); a path ending in ``.bin``; or a folder path."""
+    :func:`synthetic_heldout`); a path ending in ``.bin``; a published protocol (``lfw``,
+    ``cfp_fp``, ``cfp_ff``, ``cfp_heldout``: :func:`protocol`); or a folder path."""
     if spec == "orl":
         return orl(n_pairs, input_size, **kw)
     if spec == "synthetic-heldout":
@@ -248,6 +284,10 @@ def open_evalset(spec: str, input_size: int = 112, n_pairs: int = 600, **kw: Any
         return synthetic_heldout(n_pairs=n_pairs, input_size=input_size, **kw)
     if str(spec).endswith(".bin"):
         return pair_bin(spec, input_size)
+    from nbfacelib.data.protocols import PROTOCOLS
+
+    if spec in PROTOCOLS:
+        return protocol(spec, input_size)
     from nbfacelib.data.datasets import resolve_path
 
     if resolve_path(spec).is_dir():
