@@ -78,6 +78,22 @@ def test_record_file_is_rewritten_after_each_call(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"metrics": {}, "claims": []}
 
 
+def test_a_claim_may_be_judged_once_per_domain(memory_only):
+    """Notebook 01 tests C14 on synthetic faces and again on real ones: two verdicts, one id."""
+    rec.claim("C14", "arc >= cos > softmax", {"acc": [0.8]}, holds=True)
+    rec.claim(
+        "C14", "arc >= cos > softmax", {"acc": [0.6]}, holds=None, domain="real: CFP-trained, LFW-scored"
+    )
+    rec.claim("C14", "again", {"acc": [0.5]}, holds=False, domain="real: CFP-trained, LFW-scored")  # replaces
+    got = rec.claims()
+    assert [(c["id"], c.get("domain"), c["holds"]) for c in got] == [
+        ("C14", None, True),
+        ("C14", "real: CFP-trained, LFW-scored", False),
+    ]
+    assert [rec.claim_label(c) for c in got] == ["C14", "C14 (real: CFP-trained, LFW-scored)"]
+    assert "C14 (real: CFP-trained, LFW-scored)" in rec.verdict_table()
+
+
 def test_claim_validates_id(memory_only):
     for bad in ("C0", "C22", "c13", "C13 ", 13, None, "X1"):
         with pytest.raises(ValueError, match="unknown claim id"):

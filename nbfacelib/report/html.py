@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nbfacelib.report.record import verdict_label
+from nbfacelib.report.record import claim_label, verdict_label
 
 _OFFLINE_TEMPLATE = """\
 {%- extends 'index.html.j2' -%}
@@ -230,7 +230,7 @@ def _verdicts_cell(entry: dict[str, Any]) -> str:
         tip = html.escape(f"{c.get('statement', '')} | measured: {json.dumps(c.get('measured', {}))}")
         badges.append(
             f"<span class='badge {label.replace(' ', '-')}' title=\"{tip}\">"
-            f"{html.escape(c.get('id', '?'))}: {label}</span>"
+            f"{html.escape(claim_label(c))}: {label}</span>"
         )
     return f"<td>{' '.join(badges)}</td>"
 

@@ -185,6 +185,7 @@ def claim(
     measured: dict[str, Any] | None = None,
     holds: bool | None = _UNSET,
     context: str = "",
+    domain: str = "",
 ) -> None:
     """Store the verdict on claim ``id`` of CLAIMS.md and show it as a table.
 
@@ -197,7 +198,9 @@ def claim(
     holds: True (held), False (not held), None (inconclusive at this scale); computed from
         ``measured`` by the notebook, never typed in. numpy.bool_ is accepted, nothing else.
     context: prefixed to the statement ("accuracy on held-out synthetic pairs, ir_tiny: ").
-    Giving a verdict on the same id again replaces the earlier one.
+    domain: the data the verdict was reached on, when a notebook tests the same claim on more
+        than one (``"real: CFP-trained, LFW-scored"``); shown after the id (:func:`claim_label`).
+    Giving a verdict on the same id and domain again replaces the earlier one.
     """
     if isinstance(statement, Verdict):
         if measured is not None or holds is not _UNSET:
@@ -231,9 +234,17 @@ def claim(
         )
     holds = None if holds is None else _scalar_bool(holds)
     entry = {"id": id, "statement": statement.strip(), "measured": clean, "holds": holds}
-    _STORE["claims"] = [c for c in _STORE["claims"] if c["id"] != id] + [entry]
+    if domain:
+        entry["domain"] = str(domain)
+    same = (id, entry.get("domain", ""))
+    _STORE["claims"] = [c for c in _STORE["claims"] if (c["id"], c.get("domain", "")) != same] + [entry]
     _flush()
     _show(verdict_table([entry]), _text_row(entry))
+
+
+def claim_label(entry: dict[str, Any]) -> str:
+    """``"C14"``, or ``"C14 (real: CFP-trained, LFW-scored)"`` for a verdict with a domain."""
+    return entry.get("id", "?") + (f" ({entry['domain']})" if entry.get("domain") else "")
 
 
 def verdict_label(holds: bool | None) -> str:
@@ -264,7 +275,7 @@ def verdict_table(entries: list[dict[str, Any]] | None = None) -> str:
         left = "text-align:left;vertical-align:top;padding:4px 8px"
         rows.append(
             "<tr>"
-            f"<td style='{left}'><b>{html.escape(c['id'])}</b></td>"
+            f"<td style='{left}'><b>{html.escape(claim_label(c))}</b></td>"
             f"<td style='{left}'>{html.escape(CLAIMS.get(c['id'], ''))}</td>"
             f"<td style='{left}'>{html.escape(c['statement'])}</td>"
             f"<td style='{left};font-family:monospace;font-size:90%'>{measured}</td>"

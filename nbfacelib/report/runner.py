@@ -42,7 +42,7 @@ from typing import Any
 from nbfacelib.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.bounds import bounds_for, check_bounds, load_bounds
 from nbfacelib.report.progress import NotebookProgress
-from nbfacelib.report.record import HEADLESS_ENV, RECORD_ENV, load_records
+from nbfacelib.report.record import HEADLESS_ENV, RECORD_ENV, claim_label, load_records
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # repository root in a source checkout
 
@@ -520,7 +520,7 @@ def describe(name: str, entry: dict[str, Any]) -> str:
     for reason in entry.get("reasons", []):
         line += f"\n    {reason}"
     verdicts = ", ".join(
-        f"{c['id']} {({True: 'held', False: 'not held', None: 'inconclusive'})[c['holds']]}"
+        f"{claim_label(c)} {({True: 'held', False: 'not held', None: 'inconclusive'})[c['holds']]}"
         for c in entry.get("claims", [])
     )
     if verdicts:
