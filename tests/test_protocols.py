@@ -132,6 +132,18 @@ def test_lfw_evalset_reads_each_image_once_in_protocol_order(mini_lfw, tmp_path,
         open_evalset("lfw")
 
 
+def test_eval_resolves_the_protocol_by_name(mini_lfw, tmp_path, monkeypatch):
+    """What `nbface eval RUN --data lfw` reads: LFW's own pairs, at the model's input size."""
+    from nbfacelib.eval.pair_sources import PairSourceError, open_pairs
+
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
+    es, native = open_pairs("lfw", size=32)
+    assert native == (112, 112) and es.n_pairs == 8 and es.images.shape[-2:] == (32, 32)
+    assert es.issame.tolist() == read_lfw_pairs(mini_lfw).issame.tolist()
+    with pytest.raises(PairSourceError, match="112x112 but the model takes 32x32"):
+        open_pairs("lfw", size=32, resize=False)
+
+
 # ------------------------------------------------------------------------ miniature CFP
 @pytest.fixture
 def mini_cfp(tmp_path):

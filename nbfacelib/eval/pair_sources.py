@@ -8,9 +8,10 @@ input size, for a model whose training config is known. In this order:
    ``synthetic-heldout`` (the held-out synthetic identities that ``nbface train`` validates on,
    rebuilt from the run's config: the same pairs, so the same numbers);
 2. a ``.bin`` pair set (insightface layout, read with the restricted unpickler);
-3. a manifest name: a ``pairs-bin`` manifest (``lfw``, ``cfp_fp``, ``agedb_30``) is its
-   ``.bin`` under the data root (:func:`locate_pair_file`); a ``folder`` manifest is an image
-   folder;
+3. a manifest name: a published protocol (``lfw``, ``cfp_fp``, ``cfp_ff``, ``cfp_heldout``:
+   :func:`protocol_pairs`, built from the data set's own pair lists); a ``pairs-bin`` manifest
+   (``agedb_30``) is its ``.bin`` under the data root (:func:`locate_pair_file`); a ``folder``
+   manifest is an image folder;
 4. an image folder (one sub-folder per identity): ``pairs`` balanced fold-ready pairs.
 
 The sources themselves are those of :mod:`nbfacelib.eval.evalsets`, so images reach the model
@@ -72,6 +73,8 @@ def open_pairs(
     manifests = list_manifests()
     if text.lower().endswith(".bin") or (text in manifests and load_manifest(text).format == "pairs-bin"):
         return bin_pairs(locate_pair_file(text), size=size, resize=resize, name=Path(text).stem)
+    if text in manifests and load_manifest(text).format == "pairs-protocol":
+        return protocol_pairs(text, size=size, resize=resize)
     kw = dict(size=size, resize=resize, pairs=pairs, seed=seed)
     if text in manifests:
         m = load_manifest(text)
@@ -83,7 +86,7 @@ def open_pairs(
     folder = resolve_path(text)
     if folder.is_dir():
         return folder_pairs(folder, name=folder.name, **kw)
-    bins = [n for n in manifests if load_manifest(n).format == "pairs-bin"]
+    bins = [n for n in manifests if load_manifest(n).format in ("pairs-bin", "pairs-protocol")]
     raise FileNotFoundError(
         f"--data {text}: no such .bin file or image folder ({folder}), and not a known name "
         f"({', '.join([*PAIR_SOURCES, *bins])})"
@@ -125,6 +128,27 @@ def bin_pairs(path: Path, *, size: int, resize: bool = True, name: str | None = 
         raise PairSourceError(f"{path}: holds no pairs")
     native = check_size(ps.decode_one(0, None).shape[-2:], size, resize, str(path))
     return pair_bin(path, size, name=name), native
+
+
+def protocol_pairs(name: str, *, size: int, resize: bool = True):
+    """A published protocol by name (``lfw``, ``cfp_fp``, ``cfp_ff``, ``cfp_heldout``:
+    :func:`nbfacelib.eval.evalsets.protocol`, the publisher's pairs and folds), read from its
+    folder under the data root, or from a ready ``.bin`` at one of its manifest's alternative
+    places; a missing data set raises an error saying how to obtain it."""
+    from PIL import Image
+
+    from nbfacelib.data.manifest import load_manifest
+    from nbfacelib.data.protocols import read_protocol
+    from nbfacelib.eval.evalsets import protocol
+
+    m = load_manifest(name)
+    found = m.locate()
+    if found.is_file():
+        return bin_pairs(found, size=size, resize=resize, name=name)
+    first = read_protocol(m.protocol.get("reader", name), found).first[0]
+    with Image.open(first) as im:
+        native = check_size((im.height, im.width), size, resize, f"{name} ({first})")
+    return protocol(name, size), native
 
 
 def folder_pairs(folder: Path, *, size: int, resize: bool, pairs: int, seed: int, name: str):
