@@ -49,11 +49,10 @@ class TrainConfig:
     val_ids: int = 100  # identities rendered for "synthetic-heldout" (after the training ones)
     holdout_ids: int = 0  # last N identities of a folder/rec data set kept out for "heldout"
     flip: bool = True  # random horizontal flip of training images (arcface_torch does it)
-    # random resized crop (torchvision RandomResizedCrop) to input_size: area fraction range and
-    # aspect-ratio range of the crop; None: off (arcface_torch trains on aligned crops as they are)
-    crop_scale: list[float] | None = None  # e.g. [0.7, 1.0]
-    crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    color_jitter: float = 0.0  # brightness = contrast = saturation jitter (torchvision ColorJitter); 0: off
+    # random resized crop to input_size (data.transforms.TrainAugment); None: off, as arcface_torch
+    crop_scale: list[float] | None = None  # random crop: area fraction range, e.g. [0.7, 1.0]; None: off
+    crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random crop: aspect ratio range
+    color_jitter: float = 0.0  # brightness = contrast = saturation jitter strength (ColorJitter); 0: off
     num_workers: int = 0  # DataLoader workers for folder/rec data (synthetic renders in-process)
     cache_mb: int = 1024  # synthetic: keep rendered images when the whole set fits (MiB)
 
