@@ -158,6 +158,8 @@ _FIELD_KINDS = {
     "obtain": _TEXT,
     "credit": _TEXT,
     "notes": _TEXT,
+    "processing": _TEXT,
+    "validation": _TEXTS,
 }
 _CHECKSUM_KEYS = {"scheme", "tree_sha256", "listing", "files"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
