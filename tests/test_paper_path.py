@@ -38,7 +38,10 @@ def make_paper_root(root: Path, ids: int = 50, per_id: int = 4, pair_ids: int = 
     for k, name in enumerate(PAIR_SETS):
         faces = SyntheticFaces(pair_ids, per_id, identity_offset=start + k * pair_ids, difficulty="easy")
         ps = make_pair_set(faces, pairs, seed=k)
-        save_pairs(root / load_manifest(name).location, ps.images, ps.issame)
+        m = load_manifest(name)  # a protocol manifest (lfw, cfp_fp) takes a ready .bin as an alternative
+        save_pairs(
+            root / (m.location if m.format == "pairs-bin" else m.alternatives[0]), ps.images, ps.issame
+        )
     return root
 
 
