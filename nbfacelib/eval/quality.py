@@ -157,10 +157,14 @@ def _check(scores, issame, quality) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         )
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
-        raise ValueError(f"scores contain NaN or infinity at {len(bad)} comparisons (first: {bad[:5].tolist()})")
+        raise ValueError(
+            f"scores contain NaN or infinity at {len(bad)} comparisons (first: {bad[:5].tolist()})"
+        )
     bad = np.flatnonzero(~np.isfinite(quality))
     if len(bad):
-        raise ValueError(f"quality contains NaN or infinity at {len(bad)} comparisons (first: {bad[:5].tolist()})")
+        raise ValueError(
+            f"quality contains NaN or infinity at {len(bad)} comparisons (first: {bad[:5].tolist()})"
+        )
     if issame.dtype != np.bool_:
         if not np.isin(issame, (0, 1)).all():
             raise ValueError("issame must be booleans (or 0/1)")
@@ -262,4 +266,5 @@ def erc(
         thresholds.append(t)
         errors.append(float(np.mean(gen <= t)))
     info = {"fmr": float(fmr), "actual_discard": np.asarray(actual)}
-    return DiscardCurve("erc", rates.copy(), np.asarray(errors), np.asarray(thresholds), np.asarray(kept), info)
+    errors_, thresholds_ = np.asarray(errors), np.asarray(thresholds)
+    return DiscardCurve("erc", rates.copy(), errors_, thresholds_, np.asarray(kept), info)
