@@ -20,6 +20,7 @@ from typing import Any
 
 from nbfacelib.registry import Registry
 
+from .adaface import AdaFace
 from .curricular_face import CurricularFace
 from .f2c import DCQ, F2C
 from .magface import MagFace
@@ -99,6 +100,7 @@ register_margin(sphereface, name="sphereface")
 register_margin(combined, name="combined")
 register_margin(CurricularFace, name="curricularface")
 register_margin(MagFace, name="magface")
+register_margin(AdaFace, name="adaface")
 OBJECTIVES.register(F2C, name="f2c")
 OBJECTIVES.register(DCQ, name="dcq")
 
@@ -108,6 +110,7 @@ from . import topofr  # noqa: E402, F401
 __all__ = [
     "MARGINS",
     "OBJECTIVES",
+    "AdaFace",
     "Batch",
     "MarginObjective",
     "Objective",
