@@ -55,7 +55,7 @@ def test_required_names_are_registered():
     assert required <= names
     assert {"iresnet", "mobilefacenet"} <= names
     assert list_backbones("r*") == ["r100", "r18", "r200", "r34", "r50"]
-    assert list_backbones("*tiny") == ["ir_tiny", "mbf_tiny"]
+    assert list_backbones("*tiny") == ["ir_tiny", "mbf_tiny", "swin_face_tiny"]
 
 
 def test_unknown_name_and_keyword_are_reported():
