@@ -15,6 +15,7 @@ from nbfacelib.models import BACKBONES, build_backbone, list_backbones, register
 from nbfacelib.models.complexity import count_flops, count_macs, count_parameters, summarize
 from nbfacelib.models.iresnet import IBasicBlock, IResNet
 from nbfacelib.models.mobilefacenet import MobileFaceNet
+from nbfacelib.models.output import as_output
 
 # Forward + backward on CPU only below this many MACs per image (mbf is 0.44 G).
 SMALL_MACS = 0.5e9
@@ -55,7 +56,7 @@ def test_required_names_are_registered():
     assert required <= names
     assert {"iresnet", "mobilefacenet"} <= names
     assert list_backbones("r*") == ["r100", "r18", "r200", "r34", "r50"]
-    assert list_backbones("*tiny") == ["ir_tiny", "mbf_tiny", "swin_face_tiny"]
+    assert list_backbones("*tiny") == ["ir_tiny", "mbf_tiny", "swin_face_tiny", "vit_face_tiny"]
 
 
 def test_unknown_name_and_keyword_are_reported():
@@ -266,14 +267,14 @@ def test_contract_on_meta(name):
     model = meta(name).eval()
     assert isinstance(model.embedding_size, int) and hasattr(model, "num_features")
     x = torch.zeros(2, 3, *side(model), device="meta")
-    assert model(x).shape == (2, model.embedding_size)
+    assert as_output(model(x)).embedding.shape == (2, model.embedding_size)
     feats = model.forward_features(x)
     assert feats.shape[0] == 2
     if feats.ndim == 4:
         assert feats.shape[1] == model.num_features
     # The keywords every family shares.
     other = meta(name, embedding_size=96, input_size=model.input_size, dropout=0.1).eval()
-    assert other(x).shape == (2, 96) and other.embedding_size == 96
+    assert as_output(other(x)).embedding.shape == (2, 96) and other.embedding_size == 96
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -284,7 +285,7 @@ def test_contract_forward_backward(name):
     model = build_backbone(name)
     x = images(model)
     model.train()  # batch 2: BatchNorm needs more than one sample per channel
-    out = model(x)
+    out = as_output(model(x)).embedding  # a face ViT returns a BackboneOutput
     assert out.shape == (2, model.embedding_size)
     assert torch.isfinite(out).all()
     target = torch.randn_like(out)
@@ -299,7 +300,7 @@ def test_contract_forward_backward(name):
 
     model.eval()
     with torch.no_grad():
-        a, b = model(x), model(x)
+        a, b = as_output(model(x)).embedding, as_output(model(x)).embedding
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         feats = model.forward_features(x)
         if isinstance(model, (IResNet, MobileFaceNet)):
