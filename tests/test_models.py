@@ -285,11 +285,15 @@ def test_contract_forward_backward(name):
     model = build_backbone(name)
     x = images(model)
     model.train()  # batch 2: BatchNorm needs more than one sample per channel
-    out = as_output(model(x)).embedding  # a face ViT returns a BackboneOutput
+    rich = as_output(model(x))  # a BackboneOutput's other outputs (PFE's variance) learn too
+    out = rich.embedding
     assert out.shape == (2, model.embedding_size)
     assert torch.isfinite(out).all()
     target = torch.randn_like(out)
-    ((out - target) ** 2).mean().backward()
+    loss = ((out - target) ** 2).mean()
+    if rich.log_sigma2 is not None:
+        loss = loss + (rich.log_sigma2 - torch.randn_like(rich.log_sigma2)).square().mean()
+    loss.backward()
     no_grad = [
         n
         for n, p in model.named_parameters()

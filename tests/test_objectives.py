@@ -3,6 +3,7 @@ and the engine training an objective it has never heard of."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -154,9 +155,11 @@ def test_objective_contract(name, tmp_path):
     snap = objective.snapshot()
     bad = _batch(backbone, 2)
     with torch.no_grad():
-        emb = as_output(backbone(objective.prepare(bad.images, bad.labels, bad))).embedding.clone()
+        clean = as_output(backbone(objective.prepare(bad.images, bad.labels, bad)))
+    emb = clean.embedding.clone()
     emb[0] = float("inf")
-    loss = objective(BackboneOutput(embedding=emb), bad.labels, bad).loss
+    # the other outputs (a PFE variance, patch weights) stay as the backbone gave them
+    loss = objective(dataclasses.replace(clean, embedding=emb), bad.labels, bad).loss
     assert not math.isfinite(float(loss))
     objective.restore(snap)
     assert _same_state(objective.full_state_dict(), before), f"{name}: a skipped step changed the state"

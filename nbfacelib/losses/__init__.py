@@ -38,6 +38,7 @@ from .margin import (
 from .margin_objective import MarginObjective
 from .objective import Batch, Objective, ObjectiveOutput
 from .partial_fc import PartialFC
+from .pfe import PFEMLS
 
 MARGINS = Registry("margin head")
 OBJECTIVES = Registry("objective")
@@ -103,6 +104,7 @@ register_margin(MagFace, name="magface")
 register_margin(AdaFace, name="adaface")
 OBJECTIVES.register(F2C, name="f2c")
 OBJECTIVES.register(DCQ, name="dcq")
+OBJECTIVES.register(PFEMLS, name="pfe_mls")
 
 # objectives of later issues register themselves on import (they use register_objective above)
 from . import topofr  # noqa: E402, F401
@@ -123,6 +125,7 @@ __all__ = [
     "MarginHead",
     "NormSoftmax",
     "PartialFC",
+    "PFEMLS",
     "Softmax",
     "angular_margin",
     "build_margin",

@@ -33,7 +33,14 @@ To add a family: write ``nbfacelib/models/<family>.py`` with ``@register_backbon
 and import it below. Parameter / FLOP counting: ``nbfacelib.models.complexity``.
 """
 
-from nbfacelib.models import iresnet, mobilefacenet, swin, vargfacenet, vit  # noqa: F401  (registers the families)
+from nbfacelib.models import (  # noqa: F401  (registers the families)
+    iresnet,
+    mobilefacenet,
+    pfe_head,
+    swin,
+    vargfacenet,
+    vit,
+)
 from nbfacelib.models.registry import BACKBONES, build_backbone, list_backbones, register_backbone
 
 __all__ = ["BACKBONES", "build_backbone", "list_backbones", "register_backbone"]

@@ -60,6 +60,7 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps in all
     epochs: float | None = 20.0  # passes over the training set (arcface_torch: 20)
     batch_size: int = 128  # images per micro-batch per process
+    images_per_identity: int = 1  # K images per drawn identity (P x K batches, pair losses); 1: independent
     grad_accum: int = 1  # micro-batches per optimizer step; the loss is divided by it
 
     # optimisation
@@ -99,6 +100,11 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         positive = ("batch_size", "grad_accum", "embedding_size", "input_size", "max_bad_steps")
+        if int(self.images_per_identity) < 1 or self.batch_size % int(self.images_per_identity):
+            raise ValueError(
+                f"config images_per_identity={self.images_per_identity!r}: must be >= 1 and divide "
+                f"batch_size={self.batch_size} (each micro-batch holds whole identity groups)"
+            )
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: must be >= 1")

@@ -6,7 +6,10 @@ The batch of optimizer step ``t`` is a pure function of ``(seed, t, rank)``:
   device (no DataLoader, no storage);
 - image folders / RecordIO: each epoch is a permutation seeded by ``(seed, epoch)``; step ``t``
   reads the next ``batch * world`` indices of it (this rank's slice), through a DataLoader
-  (``num_workers``) started at ``t`` -- small sets are simply held in memory.
+  (``num_workers``) started at ``t`` -- small sets are simply held in memory;
+- ``images_per_identity = K > 1`` (P x K batches, for pair losses such as PFE's MLS): each
+  step draws ``batch / K`` identities from the ``(seed, t, rank)`` generator and K distinct
+  images of each (with repetition only when an identity has fewer than K), groups adjacent.
 So a resumed run needs no iterator state beyond the step: it sees exactly the batches an
 uninterrupted run would have seen (the "iterator position" of the checkpoint is the step).
 """
@@ -93,6 +96,7 @@ class TrainBatches:
         self._loader = None
         self._next_step = None
         self._perm: tuple[int, torch.Tensor] | None = None
+        self._by_class: list[torch.Tensor] | None = None
 
     def _render(self, identities: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
@@ -113,8 +117,14 @@ class TrainBatches:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.synthetic:
             g = _generator(self.cfg.seed, step, self.rank, 1)
-            identities = torch.randint(0, self.num_classes, (self.per_step,), generator=g)
-            samples = torch.randint(0, self.per_id, (self.per_step,), generator=g)
+            k = self.cfg.images_per_identity
+            if k > 1:
+                identities = torch.randint(0, self.num_classes, (self.per_step // k,), generator=g)
+                samples = _distinct(self.per_id, len(identities), k, g).flatten()
+                identities = identities.repeat_interleave(k)
+            else:
+                identities = torch.randint(0, self.num_classes, (self.per_step,), generator=g)
+                samples = torch.randint(0, self.per_id, (self.per_step,), generator=g)
             images = self._render(identities, samples)
             labels = identities
         else:
@@ -133,6 +143,17 @@ class TrainBatches:
 
     def _positions(self, step: int) -> torch.Tensor:
         """Indices (into the training subset) of this rank's images at ``step``."""
+        k = self.cfg.images_per_identity
+        if k > 1:  # P x K: identities drawn per step, K distinct images of each
+            if self._by_class is None:
+                order = torch.argsort(self.labels, stable=True)
+                counts = torch.bincount(self.labels, minlength=self.num_classes)
+                self._by_class = list(order.split(counts.tolist()))
+            g = _generator(self.cfg.seed, step, self.rank, 5)
+            classes = torch.randint(0, self.num_classes, (self.per_step // k,), generator=g)
+            return torch.cat(
+                [self._by_class[c][_distinct(len(self._by_class[c]), 1, k, g)[0]] for c in classes.tolist()]
+            )
         n = self.num_images
         per_epoch = n // (self.per_step * self.world)  # steps per epoch; the tail is dropped
         epoch, k = divmod(step, per_epoch)
@@ -160,6 +181,14 @@ class TrainBatches:
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
         return transforms.normalize(self.resize(images))
+
+
+def _distinct(n: int, rows: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """(rows, k) indices in [0, n): k distinct ones per row when n >= k, else drawn with
+    repetition."""
+    if n >= k:
+        return torch.rand(rows, n, generator=g).argsort(1)[:, :k]
+    return torch.randint(0, n, (rows, k), generator=g)
 
 
 class _Items(torch.utils.data.Dataset):
