@@ -34,8 +34,10 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, group):
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, group, weights: torch.Tensor | None = None):
         # Every rank holds >= 1 column (num_classes >= world size, num_sample >= 1).
+        # ``weights`` (B,), detached: the loss is ``mean_i w_i ce_i`` and row i's gradient is
+        # scaled by w_i (TransFace's EHSM sample weights); None: every w_i = 1.
         row_max = all_reduce(logits.amax(dim=1), "max", group)
         prob = (logits - row_max.unsqueeze(1)).exp_()
         sum_exp = all_reduce(prob.sum(dim=1), "sum", group)
@@ -43,18 +45,25 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         col = labels.clamp_min(0).unsqueeze(1)
         target = torch.where(has_pos, logits.gather(1, col).squeeze(1), 0.0)
         all_reduce(target, "sum", group)  # each row's positive lives on exactly one rank
-        loss = (sum_exp.log() + row_max - target).mean()
+        per_row = sum_exp.log() + row_max - target
         prob.div_(sum_exp.unsqueeze(1))
-        ctx.save_for_backward(prob, labels)
-        return loss
+        if weights is None:
+            ctx.save_for_backward(prob, labels)
+            return per_row.mean()
+        weights = weights.to(per_row.dtype)
+        ctx.save_for_backward(prob, labels, weights)
+        return (weights * per_row).mean()
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        prob, labels = ctx.saved_tensors
+        prob, labels, *weights = ctx.saved_tensors
         # Out of place, so a retained graph can be differentiated again (gradcheck does).
-        grad = prob * (grad_loss / prob.shape[0])
-        onehot = (labels >= 0).to(prob.dtype).unsqueeze(1) * (grad_loss / prob.shape[0])
-        return grad.scatter_add_(1, labels.clamp_min(0).unsqueeze(1), -onehot), None, None
+        scale = grad_loss / prob.shape[0]
+        if weights:
+            scale = scale * weights[0].unsqueeze(1)
+        grad = prob * scale
+        onehot = (labels >= 0).to(prob.dtype).unsqueeze(1) * scale
+        return grad.scatter_add_(1, labels.clamp_min(0).unsqueeze(1), -onehot), None, None, None
 
 
 class PartialFC(nn.Module):
@@ -153,7 +162,12 @@ class PartialFC(nn.Module):
             labels = torch.where(in_shard, torch.searchsorted(index, labels.clamp_min(0)), -1)
         return index, labels
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss of this rank's embeddings; ``sample_weights`` (B,) (detached, this rank's rows):
+        the cross-entropy becomes ``mean_i w_i ce_i`` over the global batch (the regulariser
+        of a head stays unweighted)."""
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings must be (B, {self.embedding_size}), got {tuple(embeddings.shape)}")
         labels = labels.reshape(-1).long()
@@ -172,6 +186,12 @@ class PartialFC(nn.Module):
         batch = sum(sizes)
         emb = all_gather_rows(embeddings, self.group, sizes)
         glob = all_gather_rows(labels, self.group, sizes)
+        if sample_weights is not None:
+            if sample_weights.shape != labels.shape:
+                raise ValueError(
+                    f"sample_weights must be ({labels.shape[0]},), got {tuple(sample_weights.shape)}"
+                )
+            sample_weights = all_gather_rows(sample_weights.detach().float(), self.group, sizes)
 
         local = glob - self.class_start
         in_shard = (local >= 0) & (local < self.num_local)
@@ -193,7 +213,7 @@ class PartialFC(nn.Module):
                 logits = F.linear(_wide(emb), _wide(weight))
         all_reduce_fn = self._all_reduce_sum if self.world_size > 1 else None
         logits = self.margin.apply_margin(logits, local, norms, all_reduce_fn)
-        loss = _ShardedCrossEntropy.apply(logits, local, self.group)
+        loss = _ShardedCrossEntropy.apply(logits, local, self.group, sample_weights)
 
         reg = self.margin.regularizer(_wide(embeddings).norm(dim=1))
         if reg is not None:
