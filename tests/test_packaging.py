@@ -22,9 +22,10 @@ def test_environment_yml_matches_pyproject():
     assert len(pip_lists) == 1, "environment.yml needs exactly one pip section"
     conda_pkgs = [d for d in env["dependencies"] if isinstance(d, str)]
     assert any(d.startswith("python=3.11") for d in conda_pkgs)
-    assert sorted(pip_lists[0]) == sorted(project["dependencies"]), (
-        "environment.yml pip section and pyproject dependencies differ: "
-        f"{sorted(set(map(_name, pip_lists[0])) ^ set(map(_name, project['dependencies'])))}"
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert sorted(pip_lists[0]) == sorted(wanted), (
+        "environment.yml pip section and pyproject dependencies + test extra differ: "
+        f"{sorted(set(map(_name, pip_lists[0])) ^ set(map(_name, wanted)))}"
     )
 
 

@@ -105,6 +105,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         **cfg.loss_kwargs,
     ).to(device)
     objective.attach(backbone)
+    data.set_images_per_identity(objective.images_per_identity)  # the batch layout it asks for
     model: nn.Module = backbone
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
