@@ -63,10 +63,11 @@ class Objective(nn.Module, metaclass=ABCMeta):
     contract_backbone: ClassVar[str] = "ir_tiny"
     contract_kwargs: ClassVar[dict[str, Any]] = {}
 
-    #: The batch layout the objective needs from the engine's sampler: ``None`` (default) for
-    #: i.i.d. images; an int K >= 2 for identity-balanced "P x K" batches (Hermans et al., 2017):
-    #: each micro-batch holds batch_size / K identities with K images each, identity by identity
-    #: (the triplet loss needs positives in every batch). An instance may set it from a keyword.
+    #: The batch layout the objective needs from the engine's sampler: ``None`` (default): what
+    #: the config says (``TrainConfig.images_per_identity``, i.i.d. images at 1); an int K >= 2:
+    #: identity-balanced "P x K" batches (Hermans et al., 2017), batch_size / K identities with K
+    #: images each, grouped (the triplet loss needs positives in every batch). ``fit()`` hands it
+    #: to ``TrainBatches.set_images_per_identity``. An instance may set it from a keyword.
     images_per_identity: int | None = None
 
     def __init__(self, *, embedding_size: int, num_classes: int, **hyper: Any):

@@ -36,21 +36,13 @@ def _generator(*key: int) -> torch.Generator:
 
 
 class TrainBatches:
-    """``batch(step) -> (uint8 images (B*grad_accum, 3, H, W) on device, int64 labels)``.
-
-    By default the images of a step are drawn i.i.d. (synthetic) or read in epoch order
-    (folders, ``.rec``). :meth:`set_images_per_identity` (the engine calls it with the
-    objective's :attr:`~nbfacelib.losses.objective.Objective.images_per_identity`) switches to
-    identity-balanced "P x K" batches: every micro-batch holds P = batch_size / K distinct
-    identities, K images of each, grouped identity by identity; still a pure function of
-    ``(seed, step, rank)``."""
+    """``batch(step) -> (uint8 images (B*grad_accum, 3, H, W) on device, int64 labels)``."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
         from nbfacelib.data import open_dataset
 
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.per_step = cfg.batch_size * cfg.grad_accum
-        self.images_per_identity: int | None = None
         # synthetic faces render at 112 / 160 only; another input size is resized here
         size = cfg.input_size if cfg.input_size in (112, 160) else None
         self.dataset = open_dataset(cfg.data, size=size)
@@ -123,70 +115,32 @@ class TrainBatches:
 
     # --- batches ----------------------------------------------------------------------------
     def set_images_per_identity(self, k: int | None) -> None:
-        """``None``: i.i.d. batches; K: P x K identity-balanced ones (see the class docstring).
-        A layout the data cannot give raises ``ValueError`` naming the option."""
+        """The batch layout an objective asks for (its ``images_per_identity``, which ``fit()``
+        passes here): ``None`` keeps the config's ``images_per_identity``; K >= 2 switches to
+        P x K batches of K images per identity. A K the config contradicts (another K > 1) or
+        the batch cannot hold raises ``ValueError`` naming the options."""
         if k is None:
-            self.images_per_identity = None
             return
-        b = self.cfg.batch_size
+        b, configured = self.cfg.batch_size, self.cfg.images_per_identity
         if int(k) != k or k < 2 or b % k:
             raise ValueError(
                 f"images_per_identity={k}: needs an int K >= 2 that divides batch_size={b} "
                 f"(P x K batches: batch_size / K identities with K images each)"
             )
-        per_batch = b // int(k)
-        available = self.num_classes if self.synthetic else len(self._eligible_classes())
-        if per_batch < 2 or per_batch > available:
+        if configured not in (1, k):
             raise ValueError(
-                f"images_per_identity={k} with batch_size={b}: P = {per_batch} identities per batch, "
-                f"but it needs 2 <= P <= {available} (the identities of {self.cfg.data} with 2+ images)"
+                f"the objective {self.cfg.loss!r} asks for images_per_identity={k} but the config "
+                f"sets images_per_identity={configured}; leave the config at 1 or give the same K"
             )
-        self.images_per_identity = int(k)
-
-    def _eligible_classes(self) -> list[int]:
-        counts = torch.bincount(self.labels, minlength=self.num_classes)
-        return torch.nonzero(counts >= 2).flatten().tolist()
-
-    def _balanced(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(classes (N,), positions or sample indices (N,)) of a P x K step: per micro-batch P
-        distinct classes, K images of each (distinct when the class has K, else with repeats)."""
-        k = self.images_per_identity
-        p = self.cfg.batch_size // k
-        pool = torch.arange(self.num_classes) if self.synthetic else torch.as_tensor(self._eligible_classes())
-        classes = torch.cat(
-            [pool[torch.randperm(len(pool), generator=g)[:p]] for _ in range(self.cfg.grad_accum)]
-        )
-        if self.synthetic:
-            n = self.per_id
-            if k <= n:  # K distinct samples: the first K of a random order per identity
-                picks = torch.rand(len(classes), n, generator=g).argsort(1)[:, :k]
-            else:
-                picks = torch.randint(0, n, (len(classes), k), generator=g)
-            return classes.repeat_interleave(k), picks.reshape(-1)
-        if not hasattr(self, "_members"):
-            order = torch.argsort(self.labels, stable=True)
-            counts = torch.bincount(self.labels, minlength=self.num_classes)
-            self._members = dict(zip(range(self.num_classes), order.split(counts.tolist()), strict=True))
-        positions = []
-        for c in classes.tolist():
-            members = self._members[c]
-            if len(members) >= k:
-                positions.append(members[torch.randperm(len(members), generator=g)[:k]])
-            else:
-                positions.append(members[torch.randint(0, len(members), (k,), generator=g)])
-        return classes.repeat_interleave(k), torch.cat(positions)
+        if b // k < 2:
+            raise ValueError(
+                f"images_per_identity={k} with batch_size={b}: P = {b // k} identities per batch, "
+                f"but a batch with negatives needs at least 2"
+            )
+        self.cfg = self.cfg.replace(images_per_identity=int(k))
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.images_per_identity is not None:
-            g = _generator(self.cfg.seed, step, self.rank, 5)  # a stream of its own
-            labels, picks = self._balanced(g)
-            if self.synthetic:
-                images = self._render(labels, picks)
-            elif self.images is not None:
-                images = self.images[picks]
-            else:
-                images = torch.stack([self._read(self.indices[int(i)]) for i in picks])
-        elif self.synthetic:
+        if self.synthetic:
             g = _generator(self.cfg.seed, step, self.rank, 1)
             k = self.cfg.images_per_identity
             if k > 1:
