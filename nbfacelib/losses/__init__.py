@@ -107,7 +107,7 @@ OBJECTIVES.register(DCQ, name="dcq")
 OBJECTIVES.register(PFEMLS, name="pfe_mls")
 
 # objectives of later issues register themselves on import (they use register_objective above)
-from . import aofd, topofr, transface, triplet  # noqa: E402, F401
+from . import aofd, distill, topofr, transface, triplet  # noqa: E402, F401
 
 __all__ = [
     "MARGINS",
