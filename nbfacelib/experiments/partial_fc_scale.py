@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,16 +36,28 @@ def check_sample_rate(sample_rate: float) -> float:
     return r
 
 
+def sampled_centres(num_classes: int, batch: int, sample_rate: float) -> int:
+    """The most centres a Partial FC step can use: ``ceil(r C)``, or more when the batch's
+    positives alone exceed that (Partial FC keeps every positive; a batch of B holds at most
+    min(B, C) classes): ``min(C, max(ceil(r C), B))`` for r < 1, C for r = 1."""
+    r = check_sample_rate(sample_rate)
+    c = int(num_classes)
+    if r >= 1.0:
+        return c
+    return min(c, max(1, math.ceil(r * c), int(batch)))
+
+
 def classifier_bytes(
     num_classes: int, dim: int, batch: int, sample_rate: float = 1.0, optimizer: str = "sgd"
 ) -> dict[str, int]:
     """Bytes the Partial FC classifier holds at the peak of a step, by part (see the module
-    docstring); ``total`` is their sum."""
+    docstring); ``total`` is their sum. ``k`` is :func:`sampled_centres` (an upper bound: a
+    batch with fewer distinct classes than B samples fewer when ``ceil(r C) < B``)."""
     r = check_sample_rate(sample_rate)
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {optimizer!r}")
     c, d = int(num_classes), int(dim)
-    k = min(c, max(1, math.ceil(r * c)))
+    k = sampled_centres(c, batch, r)
     parts = {
         "centres": c * d * FLOAT,
         "gradient": c * d * FLOAT,
@@ -69,21 +82,47 @@ def f2c_bytes(queue_size: int, dim: int, batch: int, backbone: torch.nn.Module) 
     return parts
 
 
+def f2c_queue_size(num_classes: int, batch: int, fraction: float = 0.01) -> int:
+    """F2C's pool size for ``num_classes`` identities: ``fraction`` of them (the paper's ~1%),
+    at least the ``batch``'s identities (every batch identity needs a slot), at most all."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"F2C queue fraction must be in (0, 1], got {fraction}")
+    return min(int(num_classes), max(int(batch), math.ceil(fraction * int(num_classes))))
+
+
+def _largest(total: Callable[[int], float], budget_bytes: float) -> int:
+    """The largest n >= 0 with ``total(n) <= budget_bytes`` for a ``total`` that does not
+    decrease with n (0 if not even n = 1 fits): doubling, then bisection."""
+    lo, hi = 0, 1
+    while total(hi) <= budget_bytes:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if total(mid) <= budget_bytes:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def classes_that_fit(
     budget_bytes: float, dim: int, batch: int, sample_rate: float = 1.0, optimizer: str = "sgd"
 ) -> int:
     """The largest class count whose :func:`classifier_bytes` total is within ``budget_bytes``
     (0 if not even one class fits). The total grows with C, so a bisection finds it."""
-    lo, hi = 0, 1
-    while classifier_bytes(hi, dim, batch, sample_rate, optimizer)["total"] <= budget_bytes:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if classifier_bytes(mid, dim, batch, sample_rate, optimizer)["total"] <= budget_bytes:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    check_sample_rate(sample_rate)
+    return _largest(lambda c: classifier_bytes(c, dim, batch, sample_rate, optimizer)["total"], budget_bytes)
+
+
+def f2c_classes_that_fit(
+    budget_bytes: float, dim: int, batch: int, backbone: torch.nn.Module, fraction: float = 0.01
+) -> int:
+    """The largest identity count whose F2C memory (:func:`f2c_bytes` with the pool of
+    :func:`f2c_queue_size`) is within ``budget_bytes``: only the pool (``fraction`` of the
+    identities) grows with them."""
+    return _largest(
+        lambda c: f2c_bytes(f2c_queue_size(c, batch, fraction), dim, batch, backbone)["total"], budget_bytes
+    )
 
 
 def check_fits(
@@ -118,10 +157,13 @@ def classifier_step_seconds(
     seed: int = 0,
 ) -> float:
     """Median seconds of one Partial FC (ArcFace) step alone: forward, backward and an SGD
-    (momentum 0.9) update of the centres, after one untimed step (which allocates the momentum)."""
+    (momentum 0.9) update of the centres, after one untimed step (which allocates the momentum).
+    ``device`` "auto": CUDA when available."""
     from nbfacelib.losses import PartialFC, build_margin
 
     check_sample_rate(sample_rate)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(batch, dim, generator=g).to(dev).requires_grad_()
@@ -222,8 +264,9 @@ def model_parallel_check(num_classes: int = 10, batch: int = 8, dim: int = 16, s
 def memory_table(
     class_counts: list[int], dim: int, batch: int, rates: list[float], f2c: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Rows ``{classes, method, MiB}`` for Partial FC at each rate and (``f2c``: queue_size,
-    backbone) F2C, for a memory-vs-identities figure."""
+    """Rows ``{classes, method, MiB}`` for Partial FC at each rate and F2C (``f2c``: its
+    ``backbone`` and either a fixed ``queue_size`` or a ``fraction`` of the identities, see
+    :func:`f2c_queue_size`), for a memory-vs-identities figure."""
     rows = []
     for c in class_counts:
         for r in rates:
@@ -232,7 +275,10 @@ def memory_table(
                 {"classes": c, "method": name, "MiB": classifier_bytes(c, dim, batch, r)["total"] / 2**20}
             )
         if f2c is not None:
-            q = min(c, f2c["queue_size"])
+            if "fraction" in f2c:
+                q = f2c_queue_size(c, batch, f2c["fraction"])
+            else:
+                q = min(c, f2c["queue_size"])
             rows.append(
                 {
                     "classes": c,
@@ -241,3 +287,117 @@ def memory_table(
                 }
             )
     return rows
+
+
+# --------------------------------------------------------------------------- notebook 03
+RATE_NAME = "r={:g}"  # the variant name of Partial FC at sample rate r (r = 1: the full softmax)
+F2C_NAME = "F2C"
+
+
+def rate_name(rate: float) -> str:
+    """The grid variant name of sample rate ``rate``, e.g. ``"r=0.1"``."""
+    return RATE_NAME.format(check_sample_rate(rate))
+
+
+def sweep_variants(
+    base,
+    rates: Sequence[float],
+    f2c_kwargs: dict[str, Any] | None = None,
+    full_evalsets: Sequence[str] | None = None,
+    full_rates: Sequence[float] = (1.0, 0.1),
+):
+    """The grid of notebook 03, each variant a change of ``base`` (a TrainConfig with the margin
+    head as ``loss``): Partial FC at every rate (named :func:`rate_name`, label ``sample_rate``)
+    and, with ``f2c_kwargs`` (the objective's keywords, e.g. ``queue_size``), F2C (named
+    :data:`F2C_NAME`, label ``sample_rate`` None). The same data, steps and seeds for all.
+    Variants at ``full_rates`` and F2C are evaluated on every evaluation set; the others only on
+    ``full_evalsets`` (None: every set), so that a costly real set (LFW) scores the runs the
+    verdicts compare and not every rate."""
+    from nbfacelib.experiments.grid import Variant
+
+    rates = [check_sample_rate(r) for r in rates]
+    if 1.0 not in rates:
+        raise ValueError(f"rates must include 1.0 (the full softmax every ratio is taken to), got {rates}")
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"rates must be distinct, got {rates}")
+    variants = [
+        Variant(
+            rate_name(r),
+            base.replace(sample_rate=r),
+            {"method": "full FC" if r == 1.0 else "Partial FC", "sample_rate": r},
+            None if r in full_rates else full_evalsets,
+        )
+        for r in rates
+    ]
+    if f2c_kwargs is not None:
+        cfg = base.replace(loss="f2c", loss_kwargs=dict(f2c_kwargs), sample_rate=1.0)
+        variants.append(Variant(F2C_NAME, cfg, {"method": "F2C", "sample_rate": None}))
+    return variants
+
+
+def step_time_sweep(
+    num_classes: int,
+    rates: Sequence[float],
+    dim: int,
+    batch: int,
+    repeats: int = 3,
+    steps: int = 3,
+    device: str | torch.device = "cpu",
+) -> dict[float, dict[int, float]]:
+    """``{rate: {repeat: seconds}}``: :func:`classifier_step_seconds` (median of ``steps``) at
+    every rate, the rates interleaved within each repeat so that a change of machine load
+    between repeats hits every rate alike (pair the rates by repeat, as runs by seed)."""
+    out: dict[float, dict[int, float]] = {float(r): {} for r in rates}
+    for rep in range(repeats):
+        for r in rates:
+            out[float(r)][rep] = classifier_step_seconds(
+                num_classes, r, dim=dim, batch=batch, steps=steps, device=device, seed=rep
+            )
+    return out
+
+
+def run_step_seconds(metrics_path, batch_size: int) -> float:
+    """Median seconds per optimizer step of a trained run, from the ``images_per_s`` of its
+    ``metrics.jsonl`` lines after the first (the first interval holds the warm-up: allocation,
+    first calls). NaN when the run logged fewer than two lines."""
+    import json
+    from pathlib import Path
+
+    lines = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if x.strip()]
+    rates = [x["images_per_s"] for x in lines[1:] if x.get("images_per_s")]
+    if not rates:
+        return math.nan
+    return float(batch_size / sorted(rates)[len(rates) // 2])
+
+
+def memory_ratios(
+    num_classes: int, dim: int, batch: int, rates: Sequence[float], optimizer: str = "sgd"
+) -> dict[float, float]:
+    """``{rate: classifier_bytes(rate) / classifier_bytes(1.0)}`` at ``num_classes``."""
+    full = classifier_bytes(num_classes, dim, batch, 1.0, optimizer)["total"]
+    return {float(r): classifier_bytes(num_classes, dim, batch, r, optimizer)["total"] / full for r in rates}
+
+
+def c6_rule(rate: float = 0.1, tol: float = 0.02, max_memory_ratio: float = 1.0):
+    """C6, Partial FC at ``rate`` keeps accuracy while cutting memory and time: accuracy
+    non-inferior to r = 1 by ``tol`` (paired t-interval of r - full above -tol), the counted
+    classifier memory below ``max_memory_ratio`` of r = 1's, and the classifier step time
+    shorter than r = 1's (paired t-interval over interleaved repeats above 0)."""
+    from nbfacelib.report.stats import AllOf, AtLeast, Below, Greater
+
+    name = rate_name(rate)
+    return AllOf(
+        AtLeast(name, rate_name(1.0), tol=tol),
+        Below(f"memory_ratio_{name}", max_memory_ratio),
+        Greater(f"step_seconds_{rate_name(1.0)}", f"step_seconds_{name}"),
+    )
+
+
+def c7_rule(tol: float = 0.02, max_memory_ratio: float = 1.0):
+    """C7, F2C trains without a full classifier at lower memory: F2C's accuracy non-inferior to
+    the full softmax's by ``tol`` at equal steps (paired t-interval of F2C - full above -tol)
+    and its memory (pool + gallery network + logits) below ``max_memory_ratio`` of the full
+    classifier's at the scale's identity count."""
+    from nbfacelib.report.stats import AllOf, AtLeast, Below
+
+    return AllOf(AtLeast(F2C_NAME, rate_name(1.0), tol=tol), Below("f2c_memory_ratio", max_memory_ratio))
