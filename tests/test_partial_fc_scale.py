@@ -185,3 +185,8 @@ def test_figures_draw():
     fig = pv.ratio_figure([{"sample_rate": 1.0, "m": 1.0}, {"sample_rate": 0.1, "m": 0.8}], {"m": "memory"})
     assert list(fig.axes[0].lines[0].get_ydata()) == [0.8, 1.0]
     assert len(pv.fit_figure({"full FC": 10, "F2C": 1000}, 1.0).axes[0].patches) == 2
+
+
+def test_sampled_centres_with_identity_balanced_batches():
+    assert ps.sampled_centres(64, 32, 0.1, images_per_identity=2) == 16  # P = 16 identities a batch
+    assert ps.sampled_centres(1000, 32, 0.1, images_per_identity=2) == 100

@@ -36,15 +36,16 @@ def check_sample_rate(sample_rate: float) -> float:
     return r
 
 
-def sampled_centres(num_classes: int, batch: int, sample_rate: float) -> int:
+def sampled_centres(num_classes: int, batch: int, sample_rate: float, images_per_identity: int = 1) -> int:
     """The most centres a Partial FC step can use: ``ceil(r C)``, or more when the batch's
-    positives alone exceed that (Partial FC keeps every positive; a batch of B holds at most
-    min(B, C) classes): ``min(C, max(ceil(r C), B))`` for r < 1, C for r = 1."""
+    positives alone exceed that (Partial FC keeps every positive; a batch of B images drawn
+    K per identity holds at most min(B / K, C) classes): ``min(C, max(ceil(r C), B / K))`` for
+    r < 1, C for r = 1."""
     r = check_sample_rate(sample_rate)
     c = int(num_classes)
     if r >= 1.0:
         return c
-    return min(c, max(1, math.ceil(r * c), int(batch)))
+    return min(c, max(1, math.ceil(r * c), int(batch) // max(1, int(images_per_identity))))
 
 
 def classifier_bytes(
