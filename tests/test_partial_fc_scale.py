@@ -190,3 +190,19 @@ def test_figures_draw():
 def test_sampled_centres_with_identity_balanced_batches():
     assert ps.sampled_centres(64, 32, 0.1, images_per_identity=2) == 16  # P = 16 identities a batch
     assert ps.sampled_centres(1000, 32, 0.1, images_per_identity=2) == 100
+
+
+def test_fit_names_the_memory_a_classifier_needs_when_it_does_not_fit():
+    from nbfacelib.losses import build_objective
+    from nbfacelib.train.engine import check_objective_fits
+
+    objective = build_objective("arcface", embedding_size=64, num_classes=100_000, sample_rate=0.1)
+    centres = 100_000 * 64 * 4
+    # SGD: centres + gradient + momentum; AdamW: two state tensors
+    assert check_objective_fits(objective, "sgd", 2**40) == 3 * centres
+    assert check_objective_fits(objective, "adamw", 2**40) == 4 * centres
+    with pytest.raises(
+        ValueError,
+        match=r"with 100,000 classes does not fit on cuda:0: it needs 0\.07 GiB.*0\.01 GiB are free",
+    ):
+        check_objective_fits(objective, "sgd", 2**30 // 100, "cuda:0")

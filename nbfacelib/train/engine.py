@@ -103,7 +103,10 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         num_classes=data.num_classes,
         sample_rate=cfg.sample_rate,
         **cfg.loss_kwargs,
-    ).to(device)
+    )
+    if device.type == "cuda":  # built on the CPU: say what it needs before a bare out-of-memory
+        check_objective_fits(objective, cfg.optimizer, torch.cuda.mem_get_info(device)[0], str(device))
+    objective = objective.to(device)
     objective.attach(backbone)
     data.set_images_per_identity(objective.images_per_identity)  # the batch layout it asks for
     model: nn.Module = backbone
@@ -431,6 +434,34 @@ def _gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # per-parameter state tensors (momentum; exp_avg, exp_avg_sq)
+
+
+def check_objective_fits(
+    objective: nn.Module, optimizer: str, free_bytes: int, where: str = "the device"
+) -> int:
+    """The bytes ``objective`` holds on its device while training: its parameters, their
+    gradients and the ``optimizer``'s state (one tensor per parameter for SGD's momentum, two
+    for AdamW), plus its buffers. A ValueError naming that memory when it exceeds
+    ``free_bytes`` (a classifier of many classes, e.g. Partial FC's C x D centres, is what
+    outgrows a device; its per-step logits come on top)."""
+    params = sum(p.numel() * p.element_size() for p in objective.parameters() if p.requires_grad)
+    frozen = sum(p.numel() * p.element_size() for p in objective.parameters() if not p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in objective.buffers())
+    need = params * (2 + OPTIMIZER_SLOTS[optimizer]) + frozen + buffers
+    if need > free_bytes:
+        classes = getattr(objective, "num_classes", None)
+        raise ValueError(
+            f"the objective {type(objective).__name__}"
+            + (f" with {classes:,} classes" if classes else "")
+            + f" does not fit on {where}: it needs {need / 2**30:.2f} GiB (parameters, their gradients "
+            f"and {optimizer} state: {params / 2**30:.2f} GiB x {2 + OPTIMIZER_SLOTS[optimizer]}, plus "
+            f"{(frozen + buffers) / 2**30:.2f} GiB of buffers), {free_bytes / 2**30:.2f} GiB are free; "
+            f"shard the classes over more GPUs (torchrun) or use fewer classes"
+        )
+    return need
 
 
 def _resolve_device(name: str) -> torch.device:
