@@ -102,6 +102,18 @@ def test_claim_validates_id(memory_only):
     assert rec.claims() == []
 
 
+def test_project_claims_are_accepted_and_described(memory_only):
+    """Project claims (D1: synthetic-only training beats eigenfaces on real faces) are valid
+    ids beside the documents' C1 .. C21; an unlisted D id is refused like any other."""
+    for bad in ("D0", "D99", "d1"):
+        with pytest.raises(ValueError, match="project claims are D1"):
+            rec.claim(bad, "s", {"x": 1.0}, holds=True)
+    rec.claim("D1", "model > eigenfaces on ORL", {"gap": 0.02}, holds=None)
+    assert [c["id"] for c in rec.claims()] == ["D1"]
+    assert "eigenfaces on real faces" in rec.verdict_table()
+    assert set(rec.PROJECT_CLAIMS).isdisjoint(rec.CLAIMS)
+
+
 def test_claim_validates_holds_and_measured(memory_only, capsys):
     for bad in ("yes", "true", 1, 0, 0.5, [True], np.array([True, False])):
         with pytest.raises(TypeError, match="holds must be True, False or None"):

@@ -14,10 +14,21 @@ notebook by hand at another preset: ``globals().update(notebook_parameters(NAME,
 """
 
 from nbfacelib.presets import notebook_parameters
-from nbfacelib.report.record import CLAIMS, claim, claims, metrics, record, reset, summary, verdict_table
+from nbfacelib.report.record import (
+    CLAIMS,
+    PROJECT_CLAIMS,
+    claim,
+    claims,
+    metrics,
+    record,
+    reset,
+    summary,
+    verdict_table,
+)
 
 __all__ = [
     "CLAIMS",
+    "PROJECT_CLAIMS",
     "claim",
     "claims",
     "metrics",
