@@ -326,3 +326,90 @@ def test_renders_on_cuda_like_on_cpu():
         assert torch.allclose(ng[k].cpu(), nc[k], rtol=1e-4, atol=1e-4), k
     diff = (gpu.cpu().float() - cpu.float()).abs()
     assert float(diff.mean()) < 2.0  # float rounding may flip a JPEG quantisation step
+
+
+# --------------------------------------------------------------------------- render styles
+STYLED = [s for s in S.STYLES if s != "flat"]
+
+
+@pytest.mark.parametrize("style", STYLED)
+def test_styles_are_deterministic_and_index_independent(style):
+    ids, samples = torch.tensor([0, 5, 9, 5]), torch.tensor([0, 1, 2, 3])
+    a, na = render(ids, samples, seed=1, style=style)
+    S.BASE_CACHE.clear()  # a fresh relief and texture, not the cached ones
+    b, nb = render(ids, samples, seed=1, style=style)
+    assert torch.equal(a, b) and all(torch.equal(na[k], nb[k]) for k in na)
+    assert not torch.equal(a, render(ids, samples, seed=2, style=style)[0])
+    flat, _ = render(ids, samples, seed=1)
+    assert not torch.equal(a, flat)  # the style changes the pixels...
+    ds = SyntheticFaces(40, 3, seed=7, style=style)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    batch, _ = ds.render_batch(order // 3, order % 3)
+    pos = int((order == 100).nonzero())
+    assert torch.equal(batch[pos], ds[100][0])  # ...and stays a function of (seed, identity, sample)
+    assert ds.heldout(4).style == style and style in repr(ds)
+
+
+def test_the_flat_style_is_the_default_and_unchanged():
+    ids, samples = torch.arange(6), torch.arange(6)
+    a, na = render(ids, samples, seed=3)
+    b, nb = render(ids, samples, seed=3, style="flat")
+    assert torch.equal(a, b) and set(na) == set(nb) and not set(S.SHADED_KEYS) & set(na)
+    assert SyntheticFaces(2, 2).style == "flat" and "style" not in repr(SyntheticFaces(2, 2))
+    assert open_dataset("synthetic:ids=3,per_id=2,style=shaded").style == "shaded"
+    with pytest.raises(ValueError, match="style"):
+        SyntheticFaces(2, 2, style="photo")
+    with pytest.raises(ValueError, match="shadows need relief"):
+        S.Style("x", shadows=True)
+
+
+def test_style_nuisances_are_recorded_independent_and_priced_in_quality():
+    """The shaded style keeps every flat nuisance of an image (its own are hashed apart), records
+    its own in range, draws them independently of the identity, and its quality stays in [0, 1]
+    and falls with cast shadow, vignetting and gamma away from 1."""
+    ids, samples = torch.arange(400) % 40, torch.arange(400)
+    _, flat = render(ids, samples, difficulty="hard")
+    _, sh = render(ids, samples, difficulty="hard", style="shaded")
+    for k in S.NUISANCE_KEYS:
+        if k not in ("quality",):
+            assert torch.equal(flat[k], sh[k]), k
+    assert set(S.SHADED_KEYS) <= set(sh)
+    q = sh["quality"]
+    assert float(q.min()) >= 0 and float(q.max()) <= 1 and float(q.std()) > 0.01
+    assert bool((q <= flat["quality"] + 1e-6).all())  # the extra factors only ever cost
+    assert set(sh["grey"].unique().tolist()) == {0.0, 1.0}
+    assert 0.35 < float(sh["grey"].mean()) < 0.65
+    assert float(sh["shadow_fraction"].max()) > 0.02 and float(sh["shadow_fraction"].min()) >= 0
+    assert 0.7 < float(sh["gamma"].min()) and float(sh["gamma"].max()) < 1.4
+    # independent of the identity: the grey fraction of the first and second 20 identities
+    first = sh["grey"][ids < 20].mean()
+    assert abs(float(first) - float(sh["grey"][ids >= 20].mean())) < 0.15
+    assert abs(np.corrcoef(ids.numpy(), sh["specular"].numpy())[0, 1]) < 0.15
+    for key, values in (
+        ("shadow_fraction", [0, 0.2, 0.6]),
+        ("vignette", [0, 0.2, 0.45]),
+        ("gamma", [1, 1.2, 1.5]),
+    ):
+        base = _neutral(shadow_fraction=0.0, vignette=0.0, gamma=1.0)
+        qs = [float(quality_from_nuisances({**base, key: torch.tensor([float(v)])})) for v in values]
+        assert all(a > b for a, b in zip(qs, qs[1:])), (key, qs)
+
+
+def test_shaded_light_falls_on_the_lit_side_and_casts_shadows():
+    """Relief physics: a hard light from the right brightens the face's right half against its
+    left (and vice versa); a side light casts shadows (the nose's), a frontal light none; a
+    grey image has equal channels."""
+    ids, s = torch.arange(6), torch.zeros(6, dtype=torch.long)
+    clean = {**CLEAN, "grey": 0.0, "vignette": 0.0, "gamma": 1.0, "light_strength": 1.0, "exposure": 1.0}
+    right, nr = render(ids, s, style="shaded", overrides={**clean, "light_angle": 70.0, "light_azimuth": 0.0})
+    left, _ = render(ids, s, style="shaded", overrides={**clean, "light_angle": 70.0, "light_azimuth": 180.0})
+    front, nf = render(ids, s, style="shaded", overrides={**clean, "light_angle": 0.0})
+    face = right.float()[..., 35:95, 25:87]
+    half = face.shape[-1] // 2
+    assert bool((face[..., half:].mean((1, 2, 3)) > face[..., :half].mean((1, 2, 3)) + 10).all())
+    face = left.float()[..., 35:95, 25:87]
+    assert bool((face[..., :half].mean((1, 2, 3)) > face[..., half:].mean((1, 2, 3)) + 10).all())
+    assert bool((nr["shadow_fraction"] > 0.005).all()) and bool((nf["shadow_fraction"] == 0).all())
+    grey, _ = render(ids, s, style="shaded", overrides={**clean, "grey": 1.0, "light_angle": 0.0})
+    assert (grey[:, 0].int() - grey[:, 2].int()).abs().max() <= 1
+    assert not torch.equal(front[:, 0], front[:, 2])

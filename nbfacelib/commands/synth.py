@@ -33,6 +33,13 @@ def register(subparsers) -> None:
         default="folder",
         help="output: an image folder with images.csv (default) or an InsightFace rec",
     )
+    p.add_argument(
+        "--style",
+        default="flat",
+        help="renderer style: flat (default, the calibrated faces) or shaded (3-D relief, shading, "
+        "cast shadows, skin texture, grey images; records specular, shadow_fraction, grey, gamma, "
+        "vignette too)",
+    )
     p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
     p.add_argument(
         "--batch-size", type=int, default=256, help="images rendered at once (memory vs speed; default 256)"
@@ -55,12 +62,14 @@ def register(subparsers) -> None:
 
 def _check(args) -> None:
     from nbfacelib.cli import UserError
-    from nbfacelib.data.synthetic import DIFFICULTIES, SIZES
+    from nbfacelib.data.synthetic import DIFFICULTIES, SIZES, STYLES
 
     if args.size not in SIZES:
         raise UserError(f"--size {args.size}: expected one of {', '.join(map(str, SIZES))}")
     if args.difficulty not in DIFFICULTIES:
         raise UserError(f"--difficulty {args.difficulty!r}: expected one of {', '.join(DIFFICULTIES)}")
+    if args.style not in STYLES:
+        raise UserError(f"--style {args.style!r}: expected one of {', '.join(STYLES)}")
     if args.format not in ("folder", "rec"):
         raise UserError(f"--format {args.format!r}: expected folder or rec")
     for flag, val in (("--ids", args.ids), ("--per-id", args.per_id), ("--batch-size", args.batch_size)):
@@ -78,7 +87,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.calibrate:
         from nbfacelib.eval.baseline import calibrate, format_calibration
 
-        print(format_calibration(calibrate(args.difficulty, seed=args.seed, size=args.size)))
+        print(
+            format_calibration(calibrate(args.difficulty, seed=args.seed, size=args.size, style=args.style))
+        )
         return 0
     if args.preview:
         out = write_preview(
@@ -88,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             difficulty=args.difficulty,
             rows=args.ids or 8,
             cols=args.per_id or 8,
+            style=args.style,
         )
         print(f"wrote {out}")
         return 0
@@ -107,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         identity_offset=args.offset,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        style=args.style,
     )
     print(
         f"wrote {n} images of {args.ids} identities to {args.out} ({args.format}) and {args.out}/images.csv"
@@ -139,22 +152,24 @@ def write_synthetic(
     identity_offset: int = 0,
     batch_size: int = 256,
     overwrite: bool = False,
+    style: str = "flat",
 ) -> int:
     """Write the data set; returns the number of images. See ``nbface synth --help``."""
     from PIL import Image
     from tqdm import tqdm
 
     from nbfacelib.cli import UserError
-    from nbfacelib.data.synthetic import NUISANCE_KEYS, SyntheticFaces
+    from nbfacelib.data.synthetic import NUISANCE_KEYS, SHADED_KEYS, STYLES, SyntheticFaces
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out}: directory is not empty (pass --overwrite to write into it)")
-    ds = SyntheticFaces(num_identities, per_identity, seed, size, difficulty, identity_offset)
+    ds = SyntheticFaces(num_identities, per_identity, seed, size, difficulty, identity_offset, style)
     out.mkdir(parents=True, exist_ok=True)
-    header = ["path", "identity", "label", "sample", *NUISANCE_KEYS]
+    keys = NUISANCE_KEYS if STYLES[style].flat else NUISANCE_KEYS + SHADED_KEYS
+    header = ["path", "identity", "label", "sample", *keys]
     bar = tqdm(total=len(ds), unit="img", desc="synth", disable=None)
     with open(out / "images.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -169,7 +184,7 @@ def write_synthetic(
                     Image.fromarray(img).save(out / rel, compress_level=1)
                 else:
                     rel = f"train.rec#{label * per_identity + sample + 1}"  # record key
-                writer.writerow([rel, ident, label, sample, *(_fmt(n[k]) for k in NUISANCE_KEYS)])
+                writer.writerow([rel, ident, label, sample, *(_fmt(n[k]) for k in keys)])
                 bar.update(1)
                 yield img, label
 
@@ -214,7 +229,13 @@ def _caption(n: dict) -> tuple[str, str]:
 
 
 def write_preview(
-    path, seed: int = 0, size: int = 112, difficulty: str = "medium", rows: int = 8, cols: int = 8
+    path,
+    seed: int = 0,
+    size: int = 112,
+    difficulty: str = "medium",
+    rows: int = 8,
+    cols: int = 8,
+    style: str = "flat",
 ) -> Path:
     """Contact sheet: ``rows`` identities (the first two near-twin pairs, then others) x ``cols``
     samples; each tile is captioned with its quality and main nuisances (q quality, y/p yaw and
@@ -237,13 +258,15 @@ def write_preview(
         i += 1
     ids = torch.tensor(chosen).repeat_interleave(cols)
     samples = torch.arange(cols).repeat(rows)
-    images, n = render(ids, samples, seed=seed, size=size, difficulty=difficulty)
+    images, n = render(ids, samples, seed=seed, size=size, difficulty=difficulty, style=style)
     cap, margin, pad = 26, 92, 4
     W = margin + cols * (size + pad)
     H = 18 + rows * (size + cap + pad)
     sheet = Image.new("RGB", (W, H), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 3), f"nbface synth preview: seed {seed}, {difficulty}, {size}x{size}", fill=(0, 0, 0))
+    draw.text(
+        (4, 3), f"nbface synth preview: seed {seed}, {difficulty}, {style}, {size}x{size}", fill=(0, 0, 0)
+    )
     arr = images.permute(0, 2, 3, 1).numpy()
     for r in range(rows):
         y = 18 + r * (size + cap + pad)

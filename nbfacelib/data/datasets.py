@@ -5,7 +5,7 @@
 * ``folder:PATH`` - one folder per identity (:class:`~nbfacelib.data.folder.FolderDataset`);
 * ``rec:PATH`` - a directory with ``train.rec`` or a ``.rec`` file
   (:class:`~nbfacelib.data.recordio.RecDataset`);
-* ``synthetic:ids=1000,per_id=20,seed=0,difficulty=medium[,identity_offset=0][,size=160]`` -
+* ``synthetic:ids=1000,per_id=20,seed=0,difficulty=medium[,identity_offset=0][,size=160][,style=shaded]`` -
   procedural faces (:class:`~nbfacelib.data.synthetic.SyntheticFaces`); plain ``synthetic``
   uses the defaults of ``data_manifests/synthetic.yaml``;
 * ``manifest:NAME`` or a bare manifest name (``orl``, ``ms1mv2``, ...) - resolved through the
@@ -36,6 +36,7 @@ SYNTHETIC_KEYS = {
     "identity_offset": "identity_offset",
     "offset": "identity_offset",
     "size": "size",
+    "style": "style",
 }
 SYNTHETIC_DEFAULTS = {"ids": 1000, "per_id": 20, "seed": 0, "difficulty": "medium", "identity_offset": 0}
 

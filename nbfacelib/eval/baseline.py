@@ -53,6 +53,7 @@ def calibrate(
     components: int = 100,
     pixels: int = 28,
     size: int = 112,
+    style: str = "flat",
 ) -> dict:
     """Fit PCA on ``train_ids`` x ``per_id`` images, score ``pairs`` pairs (balanced,
     fold-ready, from :func:`nbfacelib.data.pairs.sample_pairs`) of ``test_ids`` disjoint
@@ -71,7 +72,7 @@ def calibrate(
         if int(val) < 2:
             raise ValueError(f"calibrate: {name}={val!r} must be >= 2")
     t0 = time.perf_counter()
-    train = SyntheticFaces(train_ids, per_id, seed=seed, size=size, difficulty=difficulty)
+    train = SyntheticFaces(train_ids, per_id, seed=seed, size=size, difficulty=difficulty, style=style)
     test = train.heldout(test_ids)
     train_images, _ = _render_all(train)
     test_images, test_quality = _render_all(test)
@@ -94,6 +95,7 @@ def calibrate(
     terciles = np.array_split(order, 3)
     return {
         "difficulty": difficulty,
+        "style": style,
         "accuracy": float(res["accuracy"]),
         "accuracy_std": float(res["accuracy_std"]),
         "auc": float(res["auc"]),

@@ -42,6 +42,7 @@ __all__ = [
     "image_folder",
     "open_evalset",
     "orl",
+    "own_eigenfaces",
     "pair_bin",
     "pair_quality",
     "pixel_baseline",
@@ -137,6 +138,7 @@ def synthetic_heldout(
     difficulty: str = "medium",
     pair_seed: int = 0,
     bins: int = 3,
+    style: str = "flat",
 ) -> EvalSet:
     """``num_identities`` synthetic identities after the first ``identity_offset`` (pass the
     number of training identities, so none was trained on), ``per_identity`` images each with
@@ -150,7 +152,12 @@ def synthetic_heldout(
 
     offset = int(identity_offset) + int(identity_offset) % 2
     ds = SyntheticFaces(
-        num_identities, per_identity, seed=data_seed, difficulty=difficulty, identity_offset=offset
+        num_identities,
+        per_identity,
+        seed=data_seed,
+        difficulty=difficulty,
+        identity_offset=offset,
+        style=style,
     )
     images, quality = _render(ds, input_size)
     labels = np.asarray(ds.labels)
@@ -367,16 +374,18 @@ def pixel_baseline(
     data_seed: int = 0,
     difficulty: str = "medium",
     components: int = 100,
+    style: str = "flat",
 ) -> dict[str, dict[str, float]]:
     """Eigenfaces (raw-pixel PCA, :mod:`nbfacelib.eval.baseline`) scored on each evaluation
-    set's pairs, PCA fitted on ``fit_ids`` x ``per_id`` synthetic training identities: what a
+    set's pairs, PCA fitted on ``fit_ids`` x ``per_id`` synthetic training identities (of
+    renderer ``style``): what a
     model must beat to have learnt anything beyond pixel similarity. {set name: metrics}."""
     from sklearn.decomposition import PCA
 
     from nbfacelib.data.synthetic import SyntheticFaces
     from nbfacelib.eval.baseline import pixel_features
 
-    ds = SyntheticFaces(fit_ids, per_id, seed=data_seed, difficulty=difficulty)
+    ds = SyntheticFaces(fit_ids, per_id, seed=data_seed, difficulty=difficulty, style=style)
     images, _ = _render(ds, 112)
     feats = np.concatenate([pixel_features(images[s : s + 256]) for s in range(0, len(images), 256)])
     pca = PCA(n_components=min(components, len(ds) - 1), random_state=0).fit(feats)
@@ -387,6 +396,23 @@ def pixel_baseline(
             pix = torch.stack([_image(pix[i]) for i in range(len(pix))])
         out[name] = evaluate_embeddings(pca.transform(pixel_features(pix)), es)[0]
     return out
+
+
+def own_eigenfaces(evalset: EvalSet, components: int = 100) -> dict[str, float]:
+    """The classic eigenfaces (Turk & Pentland 1991) of an evaluation set: PCA fitted without
+    labels on the set's OWN images (:func:`nbfacelib.eval.baseline.pixel_features`, 28x28),
+    cosine, scored on its pairs. A stronger reference than :func:`pixel_baseline` (whose PCA
+    sees only synthetic faces): it has seen every test face, though never who is who."""
+    from sklearn.decomposition import PCA
+
+    from nbfacelib.eval.baseline import pixel_features
+
+    pix = evalset.images
+    if not isinstance(pix, torch.Tensor):  # a lazily decoded .bin
+        pix = torch.stack([_image(pix[i]) for i in range(len(pix))])
+    feats = pixel_features(pix)
+    pca = PCA(n_components=min(components, len(feats) - 1), random_state=0).fit(feats)
+    return evaluate_embeddings(pca.transform(feats), evalset)[0]
 
 
 def _image(item):

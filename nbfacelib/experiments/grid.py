@@ -72,9 +72,13 @@ def config_from(namespace: Mapping[str, Any], **fixed: Any) -> TrainConfig:
     return TrainConfig.from_dict(values, source="notebook parameters")
 
 
-def synthetic_uri(ids: int, per_id: int, seed: int = 0, difficulty: str = "medium") -> str:
-    """The ``synthetic:`` data URI of ``ids`` identities x ``per_id`` images."""
-    return f"synthetic:ids={int(ids)},per_id={int(per_id)},seed={int(seed)},difficulty={difficulty}"
+def synthetic_uri(
+    ids: int, per_id: int, seed: int = 0, difficulty: str = "medium", style: str = "flat"
+) -> str:
+    """The ``synthetic:`` data URI of ``ids`` identities x ``per_id`` images (``style``: a
+    renderer style, :data:`nbfacelib.data.synthetic.STYLES`; ``flat`` is left out of the URI)."""
+    uri = f"synthetic:ids={int(ids)},per_id={int(per_id)},seed={int(seed)},difficulty={difficulty}"
+    return uri if style == "flat" else f"{uri},style={style}"
 
 
 def config_key(config: TrainConfig, prerendered: bool = False) -> str:

@@ -8,6 +8,8 @@ order, and nothing is stored. The package, in the order data flows:
 - :mod:`.identity`: ~50 physical parameters per identity, near twins, valid split offsets;
 - :mod:`.nuisances`: per-image pose, expression, light, occluder, blur, noise, resolution and
   JPEG, and the ground-truth quality in [0, 1] they imply;
+- :mod:`.shading`: render styles: ``flat`` (the default) and ``shaded`` (per-identity relief,
+  Lambert + specular light, cast shadows, skin texture, grey images);
 - :mod:`.face`: drawing an identity's frontal face and the per-image overlays in its frame;
 - :mod:`.renderer`: pose, scene, camera degradations and the base-face cache: :func:`render`;
 - :mod:`.dataset`: :class:`SyntheticFaces`, the torch Dataset.
@@ -27,6 +29,7 @@ from .nuisances import (
     sample_nuisances,
 )
 from .renderer import BASE_CACHE, CPU_CHUNK, SIZES, render
+from .shading import SHADED_KEYS, STYLES, Style
 
 __all__ = [
     "SyntheticFaces",
@@ -45,4 +48,7 @@ __all__ = [
     "TWIN_EPS",
     "BASE_CACHE",
     "CPU_CHUNK",
+    "STYLES",
+    "SHADED_KEYS",
+    "Style",
 ]

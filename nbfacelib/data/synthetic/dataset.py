@@ -8,6 +8,7 @@ import torch
 from .identity import check_identity_offset, next_split_offset, twin_parent
 from .nuisances import check_difficulty
 from .renderer import check_size, render
+from .shading import check_style
 
 
 class SyntheticFaces(torch.utils.data.Dataset):
@@ -18,6 +19,9 @@ class SyntheticFaces(torch.utils.data.Dataset):
     :func:`~.identity.check_identity_offset`) gives a disjoint held-out split: train
     ``train = SyntheticFaces(N, K)``, test ``train.heldout(M)``.
     ``ds[i]`` -> (uint8 (3, S, S), label); ``ds.nuisances(i)`` -> dict of floats incl. quality.
+    ``style``: a name of :data:`~.shading.STYLES` (``flat``, the calibrated default, or
+    ``shaded``: per-identity relief, Lambert + specular light, cast shadows, skin texture, grey
+    images).
     """
 
     format = "synthetic"  # what :func:`nbfacelib.data.datasets.describe` reports
@@ -30,6 +34,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
         size: int = 112,
         difficulty: str = "medium",
         identity_offset: int = 0,
+        style: str = "flat",
     ):
         for name, val in (("num_identities", num_identities), ("per_identity", per_identity)):
             if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
@@ -40,6 +45,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.size = check_size(size)
         self.difficulty = check_difficulty(difficulty)
+        self.style = check_style(style).name
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +94,14 @@ class SyntheticFaces(torch.utils.data.Dataset):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_identities):
             raise IndexError(f"identity labels must lie in [0, {self.num_identities})")
         return render(
-            ids + self.identity_offset, samples, self.seed, self.size, self.difficulty, device, **kwargs
+            ids + self.identity_offset,
+            samples,
+            self.seed,
+            self.size,
+            self.difficulty,
+            device,
+            style=self.style,
+            **kwargs,
         )
 
     def heldout(self, num_identities: int, per_identity: int | None = None) -> SyntheticFaces:
@@ -101,6 +114,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
             size=self.size,
             difficulty=self.difficulty,
             identity_offset=next_split_offset(self.identity_offset + self.num_identities),
+            style=self.style,
         )
 
     def twin_of(self, label: int) -> int:
@@ -113,5 +127,6 @@ class SyntheticFaces(torch.utils.data.Dataset):
         return (
             f"SyntheticFaces(num_identities={self.num_identities}, per_identity={self.per_identity}, "
             f"seed={self.seed}, size={self.size}, difficulty={self.difficulty!r}, "
-            f"identity_offset={self.identity_offset})"
+            f"identity_offset={self.identity_offset}"
+            + (f", style={self.style!r})" if self.style != "flat" else ")")
         )

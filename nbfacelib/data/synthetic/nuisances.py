@@ -120,6 +120,13 @@ def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
     - resolution: 1 / (1 + ((downsample - 1) / 3)^2)
     - JPEG:       1 - exp(-jpeg_quality / 10)  (quality 100 = not compressed: 0.99995)
 
+    A non-flat style (:mod:`.shading`) records more, and its images pay for them too:
+
+    - cast shadow: 1 - 0.5 shadow_fraction  (fraction of the face oval in cast shadow)
+    - gamma:       exp(-(ln gamma / 0.5)^2 / 2)
+    - vignetting:  1 - 0.3 vignette
+    - specular highlights and grey images cost nothing (a photograph has both).
+
     Smile, background and light azimuth are nuisances without a quality cost. The weights
     were set so that, for the raw-pixel baseline at ``medium``, pairs in the lowest third of
     quality verify clearly worse than the highest third (BENCHMARKS.md); blur, noise,
@@ -139,4 +146,10 @@ def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
     f = f * 1 / (1 + (n["noise_sigma"] / 20) ** 2)
     f = f * 1 / (1 + ((n["downsample"] - 1) / 3) ** 2)
     f = f * (1 - torch.exp(-n["jpeg_quality"] / 10))
+    if "shadow_fraction" in n:  # the shaded styles' own nuisances
+        f = f * (1 - 0.5 * n["shadow_fraction"].clamp(0, 1))
+    if "gamma" in n:
+        f = f * torch.exp(-((torch.log(n["gamma"]) / 0.5) ** 2) / 2)
+    if "vignette" in n:
+        f = f * (1 - 0.3 * n["vignette"].clamp(0, 1))
     return f.clamp(0, 1)

@@ -32,6 +32,18 @@ from .nuisances import (
     quality_from_nuisances,
     sample_nuisances,
 )
+from .shading import (
+    SHADED_KEYS,
+    Style,
+    camera,
+    check_style,
+    height_field,
+    relief_channels,
+    shade,
+    shape_params,
+    skin_texture,
+    style_nuisances,
+)
 
 SIZES = (112, 160)
 # On a CPU, chunks of 64 keep the working set in cache (measured ~10% faster than 256).
@@ -69,12 +81,15 @@ def _static(name: str, size: int, device: torch.device) -> torch.Tensor:
         return _STATIC[key]
 
 
-def pose_grid(n: dict[str, torch.Tensor], size: int, device) -> torch.Tensor:
+def pose_grid(
+    n: dict[str, torch.Tensor], size: int, device, depth: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sampling grid (B, S, S, 2): for each output pixel, where it comes from in the frontal
     face. Roll, scale and shift are undone exactly; yaw and pitch rotate a head-shaped depth
     map z, inverted with one fixed-point step (z taken at the output pixel, which ignores the
     small roll/shift; it keeps the grid to a few separable products):
-    x_src = (x_r - z sin yaw) / cos yaw, y_src = (y_r + z sin pitch) / cos pitch."""
+    x_src = (x_r - z sin yaw) / cos yaw, y_src = (y_r + z sin pitch) / cos pitch.
+    ``depth`` (B, S, S): each image's own height field (shaded styles) instead of the fixed one."""
     ppx = 2.0 / 112  # one pixel of a 112 image, in face units
     tx, ty = n["shift_x"] * ppx, n["shift_y"] * ppx
     sc = n["scale"]
@@ -86,7 +101,7 @@ def pose_grid(n: dict[str, torch.Tensor], size: int, device) -> torch.Tensor:
     # Separable: g = a_x X + b_x Y + c_x + z t_x (and the same for y), built by broadcasting.
     ax, bx, cx = per_image(cr * kx), per_image(sr * kx), per_image(-(tx * cr + ty * sr) * kx)
     ay, by, cy = per_image(-sr * ky), per_image(cr * ky), per_image((tx * sr - ty * cr) * ky)
-    z = _static("depth", size, device)  # (S, S)
+    z = _static("depth", size, device) if depth is None else depth  # (S, S) or (B, S, S)
     gx = torch.addcmul(ax * X + cx, bx, Y).addcmul_(z, per_image(-torch.tan(ya)))
     gy = torch.addcmul(ay * X + cy, by, Y).addcmul_(z, per_image(torch.tan(pi)))
     return torch.stack([gx, gy], -1)
@@ -174,20 +189,35 @@ class _LRU:
 BASE_CACHE = _LRU(max_bytes=int(os.environ.get("NBFACELIB_SYNTH_CACHE_MB", "256")) << 20)
 
 
-def base_faces(seed: int, identities: torch.Tensor, size: int, device) -> torch.Tensor:
-    """(B, 5, S, S) float frontal faces for the identities, from the cache or rendered."""
+def base_faces(
+    seed: int, identities: torch.Tensor, size: int, device, style: Style | None = None
+) -> torch.Tensor:
+    """(B, 5, S, S) float frontal faces for the identities, from the cache or rendered. A
+    style with relief adds 3 channels (height, normal x, y: :func:`~.shading.relief_channels`);
+    one with texture multiplies the skin by its albedo texture."""
     uniq, inv = torch.unique(identities, return_inverse=True)
     ids = uniq.tolist()
     dkey = str(device)
-    got = [BASE_CACHE.get((seed, i, size, dkey)) for i in ids]
+    # the flat faces keep their cache key; any other style's faces are cached apart
+    skey = () if style is None or style.flat else (style,)
+    got = [BASE_CACHE.get((seed, i, size, dkey, *skey)) for i in ids]
     miss = [j for j, g in enumerate(got) if g is None]
     if miss:
         mid = uniq[miss]
-        base = render_base(identity_params(mid, seed), size)
+        p = identity_params(mid, seed)
+        base = render_base(p, size)
+        if skey and style.texture:
+            tex = skin_texture(mid, seed, _static("noise", size, device), size)
+            skin = base[:, 4:5]  # the face oval: texture the skin, not hair or eyes' whites
+            base[:, :3] *= 1 + (tex - 1) * skin
+        if skey and style.relief:
+            base = torch.cat(
+                [base, relief_channels(height_field(p, shape_params(p, mid, seed), size), size)], 1
+            )
         base = base.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
         for j, b in zip(miss, base):
             got[j] = b
-            BASE_CACHE.put((seed, ids[j], size, dkey), b)
+            BASE_CACHE.put((seed, ids[j], size, dkey, *skey), b)
     stack = torch.stack(got)
     return stack.index_select(0, inv.to(stack.device)).float().div_(255)
 
@@ -212,16 +242,20 @@ def render(
     device: torch.device | str | None = None,
     overrides: dict[str, float | torch.Tensor] | None = None,
     return_masks: bool = False,
+    style: str | Style = "flat",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Render absolute identities x samples: uint8 (B, 3, S, S) and nuisances {name: (B,)}.
 
     ``overrides`` replaces sampled nuisances (scalars or (B,) tensors) before rendering, e.g.
     ``{"blur_sigma": 2.0}`` to study one degradation with the rest fixed; ``quality`` is
     recomputed. ``return_masks`` adds ``occluder_mask`` and ``face_mask`` (B, S, S), both in
-    the frontal face frame (where ``occluded`` is measured).
+    the frontal face frame (where ``occluded`` is measured). ``style``: ``"flat"`` (the
+    calibrated default) or another name of :data:`~.shading.STYLES` (or a
+    :class:`~.shading.Style`); a non-flat style also records :data:`~.shading.SHADED_KEYS`.
     """
     size = check_size(size)
     check_difficulty(difficulty)
+    style = check_style(style)
     device = torch.device(device) if device is not None else torch.device("cpu")
     identities = torch.as_tensor(identities, dtype=torch.long).reshape(-1).to(device)
     samples = torch.as_tensor(samples, dtype=torch.long).reshape(-1).to(device)
@@ -232,11 +266,13 @@ def render(
     B = identities.numel()
     ov = {}
     for k, v in (overrides or {}).items():
-        if k not in NUISANCE_KEYS or k in ("quality", "occluded"):
+        known = NUISANCE_KEYS if style.flat else NUISANCE_KEYS + SHADED_KEYS
+        if k not in known or k in ("quality", "occluded", "shadow_fraction"):
             raise ValueError(f"overrides: unknown or derived nuisance {k!r}")
         ov[k] = torch.as_tensor(v, dtype=torch.float32).to(device).reshape(-1).expand(B).clone()
     if B == 0:
         n = sample_nuisances(seed, identities, samples, difficulty)
+        n.update(style_nuisances(style, seed, identities, samples))
         return torch.zeros(0, 3, size, size, dtype=torch.uint8, device=device), n
     chunk = CPU_CHUNK if device.type == "cpu" else B
     parts = [
@@ -248,6 +284,7 @@ def render(
             difficulty,
             {k: v[i : i + chunk] for k, v in ov.items()},
             return_masks,
+            style,
         )
         for i in range(0, B, chunk)
     ]
@@ -257,28 +294,39 @@ def render(
     return images, {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
 
 
-def _render_chunk(identities, samples, seed, size, difficulty, overrides, return_masks):
+def _render_chunk(identities, samples, seed, size, difficulty, overrides, return_masks, style):
     device = identities.device
     u = nuisance_streams(seed, identities, samples)
     n = nuisances_from_streams(u, difficulty)
+    n.update(style_nuisances(style, seed, identities, samples))
     n.update(overrides)
     p = identity_params(identities, seed)
-    canon = base_faces(seed, identities, size, device)
+    canon = base_faces(seed, identities, size, device, style)
     # Expression and occluders, in the face frame so that they turn with the head.
     draw_mouth(canon, p, n, size)
     draw_eyelids(canon, p, n, size)
     occ = draw_occluders(canon, p, n, u, size)
     face_mask = canon[:, 4]
     n["occluded"] = (occ * face_mask).sum((1, 2)) / face_mask.sum((1, 2)).clamp(min=1)
-    # Pose + alignment jitter: one grid_sample of premultiplied RGBA.
-    rgba = F.grid_sample(canon[:, :4], pose_grid(n, size, device), align_corners=False)
-    # The light field shades the head; the background only dims with the light strength.
-    # Colour cast and exposure are a per-channel gain on both.
     gain = torch.stack([n["cast_r"], n["cast_g"], n["cast_b"]], 1) * n["exposure"][:, None]
-    img = (rgba[:, :3] * lighting(n, size, device)).mul_(gain[:, :, None, None])
+    if style.relief:
+        # Pose turns this identity's own relief; its normals, turned with it, take the light.
+        grid = pose_grid(n, size, device, depth=canon[:, 5] * 1.2)
+        posed = F.grid_sample(canon, grid, align_corners=False)
+        rgba = posed[:, :4]
+        lit, spec, shadow = shade(posed[:, 5:8], n, style, size)
+        img = (rgba[:, :3] * lit).addcmul_(spec, rgba[:, 3:4]).mul_(gain[:, :, None, None])
+        mask = posed[:, 4]
+        n["shadow_fraction"] = (shadow * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+    else:
+        # Pose + alignment jitter: one grid_sample of premultiplied RGBA.
+        rgba = F.grid_sample(canon[:, :4], pose_grid(n, size, device), align_corners=False)
+        # The light field shades the head; the background only dims with the light strength.
+        # Colour cast and exposure are a per-channel gain on both.
+        img = (rgba[:, :3] * lighting(n, size, device)).mul_(gain[:, :, None, None])
     bg = background(n, u, size, device, gain * (1 - 0.3 * n["light_strength"][:, None]))
     img.addcmul_(1 - rgba[:, 3:4], bg)
-    # Camera: optics/motion blur -> low resolution -> sensor noise -> JPEG.
+    # Camera: optics/motion blur -> low resolution -> sensor noise -> (tone, grey) -> JPEG.
     k = size / 112
     img = degrade.blur(img, n["blur_sigma"] * k, n["motion_length"] * k, n["motion_angle"], inplace=True)
     img = degrade.downsample(img, n["downsample"], inplace=True)
@@ -286,6 +334,8 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
     if noisy.numel():
         noise = noise_fields(u[noisy], size, device)
         img.index_copy_(0, noisy, degrade.add_noise(img[noisy], n["noise_sigma"][noisy], noise))
+    if not style.flat:
+        img = camera(img.clamp_(0, 1), n)
     img = degrade.jpeg(img.clamp_(0, 1), n["jpeg_quality"], inplace=True)
     out = img.mul_(255).round_().to(torch.uint8)
     n["quality"] = quality_from_nuisances(n)

@@ -1,0 +1,267 @@
+"""Render styles: today's ``flat`` faces and ``shaded`` faces with a 3-D relief.
+
+``flat`` (the default, unchanged since the renderer was calibrated) draws each face as 2-D
+shapes, turns it with one fixed head-shaped depth map and lights it with the normals of that
+same map. ``shaded`` gives every identity its own height field and lights it the way a
+photograph is lit:
+
+- **relief** (:func:`height_field`): a head ellipsoid plus brow ridge, eye sockets, nose
+  (bridge and tip), cheekbones, lips and chin, each with an identity's own amplitude, placed
+  at the identity's drawn features; pose turns this relief (each identity's own parallax),
+  and its normals (rotated with the head) are what the light sees;
+- **shading** (:func:`shade`): ambient + Lambertian diffuse ``max(0, n.L)`` + Blinn-Phong
+  specular ``(n.h)^40`` under a directional light, with attached shadows (``n.L < 0``) and
+  cast shadows (nose, brows) from a short march of the light ray over the posed height field;
+- **texture** (in the base face): skin albedo at two scales (blotches and pores), from
+  fixed noise fields windowed per identity;
+- **camera** (:func:`camera`): grey images (ORL, many CCTV and older photographs are grey),
+  gamma and vignetting.
+
+A :class:`Style` switches these parts one at a time (the ablation of BENCHMARKS.md); the
+names of :data:`STYLES` are what ``render(style=...)`` and the ``synthetic:`` URI accept.
+Everything a style adds per image is recorded (:data:`SHADED_KEYS`) and enters the quality
+(:func:`~.nuisances.quality_from_nuisances`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .face import per_image, pixel_grid
+from .hashing import uniforms
+
+
+@dataclass(frozen=True)
+class Style:
+    """What the renderer draws beyond the flat faces (all off: ``flat``).
+
+    ``relief``: per-identity height field, pose by turning it, its normals lit (Lambert +
+    specular); ``shadows``: cast shadows from the relief (needs ``relief``); ``texture``: skin
+    albedo at two scales; ``grey``: probability that an image is grey; ``camera``: gamma and
+    vignetting nuisances."""
+
+    name: str
+    relief: bool = False
+    shadows: bool = False
+    texture: bool = False
+    grey: float = 0.0
+    camera: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shadows and not self.relief:
+            raise ValueError(f"style {self.name!r}: shadows need relief")
+        if not 0.0 <= self.grey <= 1.0:
+            raise ValueError(f"style {self.name!r}: grey={self.grey!r} must be a probability")
+
+    @property
+    def flat(self) -> bool:
+        return not (self.relief or self.texture or self.grey or self.camera)
+
+
+# The ablation ladder: each style adds one part to the one before it; ``shaded`` is all.
+STYLES: dict[str, Style] = {
+    "flat": Style("flat"),
+    "relief": Style("relief", relief=True),
+    "shadows": Style("shadows", relief=True, shadows=True),
+    "textured": Style("textured", relief=True, shadows=True, texture=True),
+    "shaded": Style("shaded", relief=True, shadows=True, texture=True, grey=0.5, camera=True),
+}
+# Per-image nuisances a non-flat style records (besides NUISANCE_KEYS):
+#   specular       strength of the specular highlight (0 .. 0.35), relief only
+#   shadow_fraction fraction of the face oval in cast shadow (measured), shadows only
+#   grey           1 if the image is grey (luma), else 0
+#   gamma          exponent applied to the linear image (exp(U(-0.3, 0.3)))
+#   vignette       darkening at the corners (0 .. 0.45)
+SHADED_KEYS = ("specular", "shadow_fraction", "grey", "gamma", "vignette")
+_STYLE_STREAMS = 8  # per-image uniforms of a style, hashed apart from the flat renderer's
+
+
+def check_style(style: str | Style) -> Style:
+    """The :class:`Style` of a name in :data:`STYLES` (or a Style as it is)."""
+    if isinstance(style, Style):
+        return style
+    if style not in STYLES:
+        raise ValueError(f"style={style!r}: expected one of {', '.join(STYLES)}")
+    return STYLES[style]
+
+
+def style_nuisances(
+    style: Style, seed: int, identities: torch.Tensor, samples: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The per-image nuisances a style adds, drawn from their own hash domain (so the flat
+    nuisances of an image are the same in every style). Empty for ``flat``."""
+    if style.flat:
+        return {}
+    u = uniforms(seed, [identities.long(), samples.long()], _STYLE_STREAMS, domain=3)
+    zero = torch.zeros_like(u[:, 0])
+    n = {k: zero.clone() for k in SHADED_KEYS}
+    n["gamma"] = zero + 1.0
+    if style.relief:
+        n["specular"] = 0.35 * u[:, 0]
+    n["grey"] = (u[:, 1] < style.grey).float()
+    if style.camera:
+        n["gamma"] = torch.exp(0.3 * (2 * u[:, 2] - 1))
+        n["vignette"] = torch.where(u[:, 3] < 0.5, 0.45 * u[:, 4], zero)
+    return n
+
+
+# --------------------------------------------------------------------------------- relief
+def shape_params(p: dict[str, torch.Tensor], identities: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """Relief amplitudes of each identity (face units), from its own hash domain; near twins
+    take their partner's values nudged like their other parameters."""
+    from .identity import TWIN_EPS, twin_parent
+
+    u = uniforms(seed, [identities.long()], 8, domain=4)
+    parent = twin_parent(identities.long(), seed)
+    twin = parent >= 0
+    if bool(twin.any()):
+        up = uniforms(seed, [parent.clamp(min=0)], 8, domain=4)
+        u = torch.where(twin[:, None], (up + TWIN_EPS * (u - 0.5)).clamp(0.001, 0.999), u)
+
+    def lin(j, lo, hi):
+        return lo + (hi - lo) * u[:, j]
+
+    return {
+        "brow_ridge": lin(0, 0.015, 0.07),
+        "socket": lin(1, 0.03, 0.08),
+        "nose_h": lin(2, 0.10, 0.24),
+        "cheekbone": lin(3, 0.0, 0.07),
+        "chin": lin(4, 0.02, 0.08),
+        "lips_h": lin(5, 0.01, 0.035),
+        "head_depth": lin(6, 0.45, 0.62),
+        "oiliness": lin(7, 0.3, 1.0),
+    }
+
+
+def height_field(p: dict[str, torch.Tensor], s: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """(U, S, S) height (towards the camera, face units) of each identity's head and face."""
+    X, Y = pixel_grid(size, p["face_w"].device)
+    fw, fh, cy = per_image(p["face_w"]), per_image(p["face_h"]), per_image(p["face_cy"])
+    head = (1 - (X / (fw + 0.12)) ** 2 - ((Y - cy) / (fh + 0.16)) ** 2).clamp(min=0)
+    z = per_image(s["head_depth"]) * head.sqrt()
+
+    def bump(cx, cy_, rx, ry):
+        return torch.exp(-(((X - cx) / rx) ** 2 + ((Y - cy_) / ry) ** 2) / 2)
+
+    ey, edx, ew = per_image(p["eye_y"]), per_image(p["eye_dx"]), per_image(p["eye_w"])
+    ny, nw = per_image(p["nose_y"]), per_image(p["nose_w"])
+    brow_y = ey - per_image(p["brow_gap"]) * 0.7
+    ridge = torch.exp(-(((Y - brow_y) / 0.045) ** 2) / 2) * torch.exp(-((X / (edx + 0.18)) ** 4))
+    z = z + per_image(s["brow_ridge"]) * ridge
+    sockets = bump(edx, ey, ew * 1.1, ew * 0.85) + bump(-edx, ey, ew * 1.1, ew * 0.85)
+    z = z - per_image(s["socket"]) * sockets
+    # nose: a ridge rising from between the eyes to the tip, then the tip's bulb
+    top = ey + 0.03
+    along = ((Y - top) / (ny - top)).clamp(0, 1.0)
+    bridge = torch.exp(-((X / (nw * 0.55)) ** 2) / 2) * along * torch.sigmoid((ny - Y) / 0.015)
+    tip = bump(0.0, ny - 0.035, nw * 0.75, 0.05)
+    z = z + per_image(s["nose_h"]) * torch.maximum(0.8 * bridge, tip)
+    cheeks = bump(fw * 0.58, ny - 0.1, 0.13, 0.09) + bump(-fw * 0.58, ny - 0.1, 0.13, 0.09)
+    z = z + per_image(s["cheekbone"]) * cheeks
+    my, mw = per_image(p["mouth_y"]), per_image(p["mouth_w"])
+    z = z + per_image(s["lips_h"]) * bump(0.0, my, mw * 0.8, 0.04)
+    z = z + per_image(s["chin"]) * bump(0.0, my + 0.2, 0.13, 0.07)
+    return z * (head > 0)
+
+
+def relief_channels(z: torch.Tensor, size: int) -> torch.Tensor:
+    """(U, 3, S, S) in [0, 1] to cache with the base face: height / 1.2 and the normal's x and
+    y as (n + 1) / 2 (z is sqrt(1 - x^2 - y^2))."""
+    px = 2.0 / size
+    gy, gx = torch.gradient(z, spacing=px, dim=(1, 2))
+    nrm = torch.stack([-gx, -gy, torch.ones_like(z)], 1)
+    nrm = nrm / nrm.norm(dim=1, keepdim=True)
+    nrm = F.avg_pool2d(nrm, 3, 1, 1, count_include_pad=False)
+    nrm = nrm / nrm.norm(dim=1, keepdim=True)
+    return torch.cat([(z / 1.2).clamp(0, 1).unsqueeze(1), (nrm[:, :2] + 1) / 2], 1)
+
+
+def skin_texture(identities: torch.Tensor, seed: int, bank: torch.Tensor, size: int) -> torch.Tensor:
+    """(U, 1, S, S) multiplicative skin albedo: blotches (1/8 resolution) and pores (full
+    resolution), each a window of a fixed noise field chosen and offset per identity."""
+    u = uniforms(seed, [identities.long()], 6, domain=5)
+    k = (u[:, :2] * bank.shape[0]).long().clamp(max=bank.shape[0] - 1)
+    off = (u[:, 2:4] * 16).long().clamp(max=15)
+    amp = 0.04 + 0.08 * u[:, 4:6]
+    out = []
+    for i in range(len(identities)):
+        a, b = int(off[i, 0]), int(off[i, 1])
+        coarse = bank[int(k[i, 0]), 0, a : a + size, b : b + size]
+        fine = bank[int(k[i, 1]), 1, b : b + size, a : a + size]
+        coarse = F.avg_pool2d(coarse[None, None], 8)
+        coarse = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0, 0]
+        out.append(1 + amp[i, 0] * coarse * 2.8 + amp[i, 1] * fine * 0.5)
+    return torch.stack(out).unsqueeze(1)
+
+
+# --------------------------------------------------------------------------------- shading
+def rotate_normals(nx, ny, n: dict[str, torch.Tensor]):
+    """Normals of the frontal face, turned with the head: yaw about the vertical axis, pitch
+    about the horizontal one, roll in the image plane (the rotations pose_grid inverts)."""
+    nz = (1 - nx * nx - ny * ny).clamp(min=0).sqrt()
+    ya, pi, r = (per_image(torch.deg2rad(n[k])) for k in ("yaw", "pitch", "roll"))
+    nx, nz = nx * torch.cos(ya) + nz * torch.sin(ya), -nx * torch.sin(ya) + nz * torch.cos(ya)
+    ny, nz = ny * torch.cos(pi) - nz * torch.sin(pi), ny * torch.sin(pi) + nz * torch.cos(pi)
+    nx, ny = nx * torch.cos(r) - ny * torch.sin(r), nx * torch.sin(r) + ny * torch.cos(r)
+    return nx, ny, nz
+
+
+def light_vector(n: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 3) unit light direction: ``light_angle`` from the camera axis, ``light_azimuth``
+    around it (the flat renderer's convention)."""
+    th, ph = torch.deg2rad(n["light_angle"]), torch.deg2rad(n["light_azimuth"])
+    return torch.stack([torch.sin(th) * torch.cos(ph), torch.sin(th) * torch.sin(ph), torch.cos(th)], 1)
+
+
+def cast_shadow(depth: torch.Tensor, L: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, S, S) in [0, 1], 1 = in shadow: a point is shadowed when the height field rises
+    above the ray towards the light within 0.3 face units (6 steps, at half resolution; soft
+    over 0.015 units of height)."""
+    h = size // 2
+    d = F.avg_pool2d(depth.unsqueeze(1), 2)  # (B, 1, h, h)
+    lxy = L[:, :2].norm(dim=1).clamp(min=1e-6)
+    dirx, diry = per_image(L[:, 0] / lxy), per_image(L[:, 1] / lxy)
+    rise = per_image(L[:, 2] / lxy)  # height gained by the ray per unit of image distance
+    X, Y = pixel_grid(h, depth.device)
+    occl = torch.zeros_like(d[:, 0])
+    for t in (0.03, 0.06, 0.1, 0.15, 0.22, 0.3):
+        grid = torch.stack([(X + t * dirx).expand(-1, h, h), (Y + t * diry).expand(-1, h, h)], -1)
+        dz = F.grid_sample(d, grid, align_corners=False, padding_mode="border")[:, 0]
+        occl = torch.maximum(occl, (dz - d[:, 0]) * 1.2 - t * rise)  # depth was stored / 1.2
+    sh = (occl / 0.015).clamp_(0, 1) * (lxy > 0.05).float().view(-1, 1, 1)
+    return F.interpolate(sh.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def shade(
+    posed: torch.Tensor, n: dict[str, torch.Tensor], style: Style, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Light the posed relief channels ``posed`` (B, 3, S, S: height, normal x, y): the
+    multiplicative shading (B, 1, S, S) and the additive specular (B, 1, S, S), and the cast
+    shadow map (B, S, S). Light strength k mixes ambient (1 - k) with 1.3 k times the direct
+    light, so that k = 0 is the flat, frontal look and k = 1 a single hard lamp."""
+    nx, ny, nz = rotate_normals(posed[:, 1] * 2 - 1, posed[:, 2] * 2 - 1, n)
+    L = light_vector(n)
+    ndl = (nx * per_image(L[:, 0]) + ny * per_image(L[:, 1]) + nz * per_image(L[:, 2])).clamp(min=0)
+    shadow = cast_shadow(posed[:, 0], L, size) if style.shadows else torch.zeros_like(ndl)
+    k = per_image(n["light_strength"])
+    direct = ndl * (1 - 0.85 * shadow)
+    lit = (1 - k) + 1.3 * k * direct
+    hv = L + torch.tensor([0.0, 0.0, 1.0], device=L.device)
+    hv = hv / hv.norm(dim=1, keepdim=True)
+    ndh = (nx * per_image(hv[:, 0]) + ny * per_image(hv[:, 1]) + nz * per_image(hv[:, 2])).clamp(min=0)
+    spec = per_image(n["specular"]) * (0.3 + 0.7 * k) * ndh**40 * (1 - shadow)
+    return lit.unsqueeze(1), spec.unsqueeze(1), shadow
+
+
+def camera(img: torch.Tensor, n: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Vignetting, gamma and grey conversion (ITU-R BT.601 luma) of linear images in [0, 1]."""
+    size = img.shape[-1]
+    X, Y = pixel_grid(size, img.device)
+    img = img * (1 - per_image(n["vignette"]).unsqueeze(1) * ((X**2 + Y**2) / 2).unsqueeze(0))
+    img = img.clamp_(1e-6, 1).pow_(n["gamma"].view(-1, 1, 1, 1))
+    grey = img[:, 0:1] * 0.299 + img[:, 1:2] * 0.587 + img[:, 2:3] * 0.114
+    g = n["grey"].view(-1, 1, 1, 1)
+    return img * (1 - g) + grey * g
