@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DEGRADATIONS",
+    "degrade",
     "blur",
     "downsample",
     "add_noise",
@@ -233,3 +235,60 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor, inplace: bool = False) -> 
     rgb = (to_rgb @ chroma.reshape(n, 2, H * W)).view(n, 3, H, W).add_(y.unsqueeze(1).add_(128.0))
     out.index_copy_(0, idx, rgb.clamp_(0, 255).div_(255.0))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# One named degradation at a known strength, for studies that degrade real faces (ORL) the way
+# the renderer degrades synthetic ones: what a quality / uncertainty measure should follow.
+# --------------------------------------------------------------------------------------------
+DEGRADATIONS = {
+    # name: (identity value, unit)
+    "blur_sigma": (0.0, "gaussian blur std, px of a 112 image"),
+    "noise_sigma": (0.0, "gaussian noise std, 0..255 units"),
+    "downsample": (1.0, "down-sampling factor"),
+    "jpeg_quality": (100.0, "JPEG quality 1..100 (100: not compressed)"),
+}
+
+
+def degrade(images: torch.Tensor, kind: str, strength: float, seed: int = 0) -> torch.Tensor:
+    """``images`` (B, 3, H, W) uint8 degraded by one named degradation of :data:`DEGRADATIONS`
+    at ``strength`` (its unit there; the identity value leaves the images unchanged), with the
+    functions the synthetic renderer uses. The noise is drawn from ``seed``. Returns uint8."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"degrade: unknown degradation {kind!r}; known: {', '.join(DEGRADATIONS)}")
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            f"degrade: expected uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}"
+        )
+    x = images.float() / 255.0
+    s = torch.full((len(images),), float(strength))
+    if kind == "blur_sigma":
+        x = blur(x, s)
+    elif kind == "noise_sigma":
+        g = torch.Generator().manual_seed(int(seed))
+        x = add_noise(x, s, torch.randn(x.shape, generator=g))
+    elif kind == "downsample":
+        x = downsample(x, s)
+    else:
+        x = jpeg(x, s)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def degraded_copies(
+    images: torch.Tensor, strengths: dict[str, list[float]], seed: int = 0
+) -> tuple[torch.Tensor, list[dict[str, float | int | str]]]:
+    """Every image of ``images`` (uint8) degraded by each named degradation at each of its
+    strengths (``{"blur_sigma": [0, 1, 2], ...}``): the (sum of strengths x N) images, in that
+    order, and one row per image: ``kind``, ``strength``, ``level`` (the strength's rank in its
+    list, 0 = the first) and ``image`` (index into ``images``)."""
+    out, rows = [], []
+    for kind, values in strengths.items():
+        for level, strength in enumerate(values):
+            out.append(degrade(images, kind, float(strength), seed=seed + level))
+            rows += [
+                {"kind": kind, "strength": float(strength), "level": level, "image": i}
+                for i in range(len(images))
+            ]
+    if not out:
+        raise ValueError("degraded_copies: give at least one degradation with one strength")
+    return torch.cat(out), rows
