@@ -159,3 +159,14 @@ def pose_figure(rows: Sequence[Mapping[str, Any]], measure: str = "norm"):
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def probe_figure(image: np.ndarray, title: str):
+    """One face (uint8 (3, H, W)) with a title line (its degradation, norm and sigma^2)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.6, 2.9))
+    ax.imshow(np.asarray(image).transpose(1, 2, 0))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    return fig
