@@ -1,12 +1,15 @@
 """Synthetic-face rendering throughput vs decoding the same number of 112x112 JPEGs with PIL.
 
     python benchmarks/synth_throughput.py [--quick] [--n 2048] [--device cuda] [--stages]
+        [--styles flat,shaded]
 
 Baseline, in the same run: what a disk-backed pipeline does per image (PIL decode of a
 112x112 JPEG to a uint8 tensor). ``warm`` = the identities' frontal faces are in the LRU cache
 (every epoch after the first with <= a few thousand identities); ``cold`` = every identity is
 new (e.g. Partial FC with a million classes), so the base face is drawn too. ``--stages``
-prints where the time goes (CPU time per image of each rendering stage).
+prints where the time goes (CPU time per image of each rendering stage). ``--styles`` renders
+each renderer style (``nbfacelib.data.synthetic.STYLES``) warm, interleaved with the others and
+the decoder, so that their rates compare under the same load.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ class Renderer:
     are cached; cold: a new identity for every image."""
 
     def __init__(
-        self, batch: int, device: torch.device, size: int, difficulty: str, warm: bool, warm_ids: int = 1000
+        self,
+        batch: int,
+        device: torch.device,
+        size: int,
+        difficulty: str,
+        warm: bool,
+        warm_ids: int = 1000,
+        style: str = "flat",
     ):
         from nbfacelib.data import synthetic as S
 
@@ -46,11 +56,13 @@ class Renderer:
         self.g = torch.Generator().manual_seed(0)
         self.next_id = 10**6
         self.warm_ids = warm_ids
-        S.BASE_CACHE.clear()
-        if warm:
+        self.style = style
+        if warm:  # (each style's base faces are cached under their own key)
             for i in range(0, warm_ids, batch):
                 ids = torch.arange(i, min(i + batch, warm_ids))
-                S.render(ids, torch.zeros_like(ids), size=size, difficulty=difficulty, device=device)
+                S.render(
+                    ids, torch.zeros_like(ids), size=size, difficulty=difficulty, device=device, style=style
+                )
 
     def __call__(self) -> float:
         b = self.batch
@@ -62,7 +74,9 @@ class Renderer:
         samples = torch.randint(10**6, (b,), generator=self.g)
         _sync(self.device)
         t0 = time.perf_counter()
-        self.S.render(ids, samples, size=self.size, difficulty=self.difficulty, device=self.device)
+        self.S.render(
+            ids, samples, size=self.size, difficulty=self.difficulty, device=self.device, style=self.style
+        )
         _sync(self.device)
         return time.perf_counter() - t0
 
@@ -171,6 +185,7 @@ def main() -> None:
     ap.add_argument("--difficulty", default="medium")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stages", action="store_true", help="also print the per-stage CPU profile")
+    ap.add_argument("--styles", default="flat", help="renderer styles, comma-separated (default flat)")
     ap.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)"
     )
@@ -181,10 +196,17 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {machine()}; device {device}")
     rounds = max(1, n // args.batch_size)
+    from nbfacelib.data.synthetic import BASE_CACHE
+
+    BASE_CACHE.clear()
+    styles = args.styles.split(",")
     jobs = {
-        "render, warm cache": Renderer(args.batch_size, device, args.size, args.difficulty, warm=True),
-        "PIL JPEG decode": Decoder(args.batch_size, args.size),
+        ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(
+            args.batch_size, device, args.size, args.difficulty, warm=True, style=s
+        )
+        for s in styles
     }
+    jobs["PIL JPEG decode"] = Decoder(args.batch_size, args.size)
     interleaved(jobs, 1)  # warm-up
     rates = interleaved(jobs, rounds)
     cold = interleaved(
@@ -198,7 +220,8 @@ def main() -> None:
     for name, r in rates.items():
         print(f"{name:22s}: {r:8.0f} images/s")
     print(f"{'render, cold (new ids)':22s}: {cold['c']:8.0f} images/s (not interleaved)")
-    print(f"ratio render/decode   : {rates['render, warm cache'] / pil:.2f}x")
+    for name in [k for k in rates if k.startswith("render")]:
+        print(f"ratio {name} / decode: {rates[name] / pil:.2f}x")
     if args.stages:
         print("CPU ms per image by stage (1 batch of 64, warm cache):")
         rows = stages(64, args.size, args.difficulty)

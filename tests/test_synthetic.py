@@ -413,3 +413,24 @@ def test_shaded_light_falls_on_the_lit_side_and_casts_shadows():
     grey, _ = render(ids, s, style="shaded", overrides={**clean, "grey": 1.0, "light_angle": 0.0})
     assert (grey[:, 0].int() - grey[:, 2].int()).abs().max() <= 1
     assert not torch.equal(front[:, 0], front[:, 2])
+
+
+def test_framing_zooms_the_face_and_pads_with_black_bars():
+    ids, s = torch.arange(4), torch.zeros(4, dtype=torch.long)
+    clean = {**CLEAN, "grey": 0.0, "vignette": 0.0, "gamma": 1.0, "pillarbox": 0.0}
+    loose, _ = render(ids, s, style="framed", overrides={**clean, "zoom": 1.0})
+    tight, _ = render(ids, s, style="framed", overrides={**clean, "zoom": 1.4})
+    # zoomed in 1.4x = the centre 80 px of the loose crop enlarged to 112: far closer to it
+    # than the loose crop itself
+    centre = torch.nn.functional.interpolate(
+        loose[..., 16:96, 16:96].float(), size=(112, 112), mode="bilinear"
+    )
+
+    def err(a, b):
+        return (a.float() - b.float())[..., 20:92, 20:92].abs().mean((1, 2, 3))
+
+    assert bool((err(tight, centre) < 0.6 * err(tight, loose)).all())
+    barred, n = render(ids, s, style="framed", overrides={**clean, "zoom": 1.0, "pillarbox": 0.1})
+    assert int(barred[..., :11].max()) == 0 and int(barred[..., -11:].max()) == 0
+    assert torch.equal(barred[..., 12:-12], loose[..., 12:-12])
+    assert bool((n["pillarbox"] == 0.1).all())

@@ -120,7 +120,11 @@ def face_explorer(
     )
     shown = {}
     for style in styles:
-        extra = {} if STYLES[style].flat else {"grey": float(grey), "gamma": 1.0, "vignette": 0.0}
+        extra = (
+            {}
+            if STYLES[style].flat
+            else {"grey": float(grey), "gamma": 1.0, "vignette": 0.0, "zoom": 1.0, "pillarbox": 0.0}
+        )
         img, n = render(torch.tensor([identity]), torch.tensor([0]), style=style, overrides={**over, **extra})
         shown[style] = (img[0], float(n["quality"][0]))
     return faces_figure(shown, f"identity {identity}")

@@ -311,7 +311,8 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
     gain = torch.stack([n["cast_r"], n["cast_g"], n["cast_b"]], 1) * n["exposure"][:, None]
     if style.relief:
         # Pose turns this identity's own relief; its normals, turned with it, take the light.
-        grid = pose_grid(n, size, device, depth=canon[:, 5] * 1.2)
+        framed = {**n, "scale": n["scale"] * n["zoom"]}  # a tighter crop: the face drawn larger
+        grid = pose_grid(framed, size, device, depth=canon[:, 5] * 1.2)
         posed = F.grid_sample(canon, grid, align_corners=False)
         rgba = posed[:, :4]
         lit, spec, shadow = shade(posed[:, 5:8], n, style, size)

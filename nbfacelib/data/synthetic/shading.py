@@ -15,7 +15,10 @@ photograph is lit:
 - **texture** (in the base face): skin albedo at two scales (blotches and pores), from
   fixed noise fields windowed per identity;
 - **camera** (:func:`camera`): grey images (ORL, many CCTV and older photographs are grey),
-  gamma and vignetting.
+  gamma and vignetting;
+- **framing**: crops as tight as a photograph's (a zoom of 1 - 1.45, the face filling the
+  frame) and pillarbox bars (a non-square photograph padded to square, as the folder reader
+  pads ORL's 92x112 images).
 
 A :class:`Style` switches these parts one at a time (the ablation of BENCHMARKS.md); the
 names of :data:`STYLES` are what ``render(style=...)`` and the ``synthetic:`` URI accept.
@@ -41,7 +44,7 @@ class Style:
     ``relief``: per-identity height field, pose by turning it, its normals lit (Lambert +
     specular); ``shadows``: cast shadows from the relief (needs ``relief``); ``texture``: skin
     albedo at two scales; ``grey``: probability that an image is grey; ``camera``: gamma and
-    vignetting nuisances."""
+    vignetting nuisances; ``framing``: zoom and pillarbox nuisances."""
 
     name: str
     relief: bool = False
@@ -49,6 +52,7 @@ class Style:
     texture: bool = False
     grey: float = 0.0
     camera: bool = False
+    framing: bool = False
 
     def __post_init__(self) -> None:
         if self.shadows and not self.relief:
@@ -58,7 +62,7 @@ class Style:
 
     @property
     def flat(self) -> bool:
-        return not (self.relief or self.texture or self.grey or self.camera)
+        return not (self.relief or self.texture or self.grey or self.camera or self.framing)
 
 
 # The ablation ladder: each style adds one part to the one before it; ``shaded`` is all.
@@ -68,6 +72,7 @@ STYLES: dict[str, Style] = {
     "shadows": Style("shadows", relief=True, shadows=True),
     "textured": Style("textured", relief=True, shadows=True, texture=True),
     "shaded": Style("shaded", relief=True, shadows=True, texture=True, grey=0.5, camera=True),
+    "framed": Style("framed", relief=True, shadows=True, texture=True, grey=0.5, camera=True, framing=True),
 }
 # Per-image nuisances a non-flat style records (besides NUISANCE_KEYS):
 #   specular       strength of the specular highlight (0 .. 0.35), relief only
@@ -75,7 +80,9 @@ STYLES: dict[str, Style] = {
 #   grey           1 if the image is grey (luma), else 0
 #   gamma          exponent applied to the linear image (exp(U(-0.3, 0.3)))
 #   vignette       darkening at the corners (0 .. 0.45)
-SHADED_KEYS = ("specular", "shadow_fraction", "grey", "gamma", "vignette")
+#   zoom           crop tightness: the face is drawn zoom times larger (1 .. 1.45; 1 unless framing)
+#   pillarbox      width of each black side bar, fraction of the image width (0, or 0.06 .. 0.12)
+SHADED_KEYS = ("specular", "shadow_fraction", "grey", "gamma", "vignette", "zoom", "pillarbox")
 _STYLE_STREAMS = 8  # per-image uniforms of a style, hashed apart from the flat renderer's
 
 
@@ -99,6 +106,10 @@ def style_nuisances(
     zero = torch.zeros_like(u[:, 0])
     n = {k: zero.clone() for k in SHADED_KEYS}
     n["gamma"] = zero + 1.0
+    n["zoom"] = zero + 1.0
+    if style.framing:
+        n["zoom"] = torch.exp(torch.log(torch.tensor(1.45)) * u[:, 5])
+        n["pillarbox"] = torch.where(u[:, 6] < 0.5, 0.06 + 0.06 * u[:, 7], zero)
     if style.relief:
         n["specular"] = 0.35 * u[:, 0]
     n["grey"] = (u[:, 1] < style.grey).float()
@@ -257,9 +268,12 @@ def shade(
 
 
 def camera(img: torch.Tensor, n: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Vignetting, gamma and grey conversion (ITU-R BT.601 luma) of linear images in [0, 1]."""
+    """Vignetting, gamma, grey conversion (ITU-R BT.601 luma) and pillarbox bars of linear
+    images in [0, 1]."""
     size = img.shape[-1]
     X, Y = pixel_grid(size, img.device)
+    bars = (X.abs() > 1 - 2 * per_image(n["pillarbox"])).unsqueeze(1)  # (B, 1, 1, S)
+    img = img.masked_fill(bars, 0.0)
     img = img * (1 - per_image(n["vignette"]).unsqueeze(1) * ((X**2 + Y**2) / 2).unsqueeze(0))
     img = img.clamp_(1e-6, 1).pow_(n["gamma"].view(-1, 1, 1, 1))
     grey = img[:, 0:1] * 0.299 + img[:, 1:2] * 0.587 + img[:, 2:3] * 0.114
