@@ -192,6 +192,13 @@ def transfer_variants(
     ]
 
 
+def untrained_variant(variant: Variant) -> Variant:
+    """The same network at its initialisation: one step at learning rate 0 (weights unchanged;
+    batch-norm statistics see one batch), scored like the trained ones."""
+    cfg = variant.config.replace(steps=1, lr=0.0, warmup_steps=0)
+    return Variant("untrained", cfg, {**variant.labels, "trained": False})
+
+
 def d1_rule(style: str, margin: float) -> Greater:
     """D1 for the models trained on ``style``: their ORL accuracy exceeds the eigenfaces' (fitted
     on ORL) plus ``margin`` (paired by seed; the eigenfaces are the same for every seed)."""
