@@ -107,34 +107,38 @@ class DominantPatchAmplitudePerturbation:
 
     def apply(self, images: Tensor, patch_weights: Tensor, draws: DPAPDraws) -> Tensor:
         """DPAP with given random numbers (what :meth:`__call__` does after :meth:`draw`)."""
-        b, c, _, _ = images.shape
         rows, cols, ps = patch_grid(images, patch_weights.shape[1])
         if self.k > rows * cols:
             raise ValueError(f"DPAP k={self.k} is larger than the number of patches ({rows * cols})")
         chosen = draws.perturb.nonzero().squeeze(1)
         if chosen.numel() == 0:
             return images
-        pixels = (images.float() + 1.0) * 127.5  # the official code's 0..255 batch
-        # (B, rows*cols, C, ps, ps): the grid cells, row-major like the ViT's tokens
-        region = pixels[:, :, : rows * ps, : cols * ps]
-        cells = region.reshape(b, c, rows, ps, cols, ps).permute(0, 2, 4, 1, 3, 5)
-        cells = cells.reshape(b, rows * cols, c, ps, ps)
-        top = patch_weights.float().topk(self.k, dim=1).indices[chosen]  # (n, k)
-        src = cells[chosen[:, None], top]  # (n, k, C, ps, ps)
-        rnd = cells[draws.source_image[chosen], draws.source_patch[chosen]]
-        f_src = torch.fft.fft2(src)  # over the last two (pixel) dims, per channel
-        amp = torch.fft.fft2(rnd).abs()
-        lam = draws.lam[chosen].to(amp.dtype)[:, :, None, None, None]
-        mixed = torch.polar(lam * amp + (1 - lam) * f_src.abs(), f_src.angle())
-        out = torch.fft.ifft2(mixed).real.clamp(0.0, 255.0)
+        top = patch_weights.topk(self.k, dim=1).indices[chosen]  # (n, k), row-major cells
+
+        def grid(x: Tensor) -> Tensor:  # (B, C, rows, ps, cols, ps): a view, no copy
+            return x[:, :, : rows * ps, : cols * ps].unflatten(2, (rows, ps)).unflatten(4, (cols, ps))
+
+        # advanced indices (n, k) on the image, row and column axes: (n, k, C, ps, ps) patches
+        image = chosen[:, None].expand(-1, self.k)
+        src = (grid(images)[image, :, top // cols, :, top % cols].float() + 1.0) * 127.5  # 0..255
+        cell = draws.source_patch[chosen]
+        rnd = grid(images)[draws.source_image[chosen], :, cell // cols, :, cell % cols]
+        rnd = (rnd.float() + 1.0) * 127.5
+        # real patches: half spectra (rfft2 over the two pixel dims, per channel); both
+        # amplitudes are even and the source phase odd, so the mix is a real patch's spectrum
+        # and irfft2 equals the official real part of ifft2
+        f_src = torch.fft.rfft2(src)
+        a_src = f_src.abs()
+        lam = draws.lam[chosen].to(a_src.dtype)[:, :, None, None, None]
+        amp = lam * torch.fft.rfft2(rnd).abs() + (1 - lam) * a_src
+        # amp * exp(i angle f_src) without angle / polar: f_src / |f_src| is the unit phasor
+        # (angle 0 where |f_src| = 0, as np.angle)
+        mixed = torch.where(a_src > 0, f_src * (amp / a_src.clamp_min(1e-30)), amp.to(f_src.dtype))
+        out = torch.fft.irfft2(mixed, s=(ps, ps)).clamp(0.0, 255.0)
         if self.official:
             out = out.floor()  # np.uint8 of a value in [0, 255] truncates
-        # add the change of the perturbed cells only: every other pixel stays bit-identical
-        n = chosen.numel()
-        delta = torch.zeros(n, rows * cols, c, ps, ps, dtype=out.dtype, device=out.device)
-        delta[torch.arange(n, device=out.device)[:, None], top] = out - src
-        delta = delta.reshape(n, rows, cols, c, ps, ps).permute(0, 3, 1, 4, 2, 5)
-        delta = delta.reshape(n, c, rows * ps, cols * ps)
+        # every random patch was read above, from the unperturbed batch; only the dominant
+        # patches of the drawn images are written, every other pixel stays bit-identical
         result = images.clone()
-        result[chosen, :, : rows * ps, : cols * ps] += (delta / 127.5).to(images.dtype)
+        grid(result)[image, :, top // cols, :, top % cols] = (out / 127.5 - 1.0).to(images.dtype)
         return result

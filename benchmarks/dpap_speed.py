@@ -1,0 +1,147 @@
+"""DPAP: the batched tensor version (nbfacelib.augment.dpap) against the official loop.
+
+    python benchmarks/dpap_speed.py [--quick] [--device cpu] [--rounds 5]
+
+The official loop is re-typed here from its description (REFERENCE.md, seed 000): the batch
+is copied off the device as uint8 HWC numpy, the patch weights are argsorted and copied to
+the host, then for each image (with probability p) and each of its K top patches a random 9x9
+patch of a random image is drawn (the official ``random`` / ``np.random`` calls; one numpy
+Generator here), both patches go
+through ``np.fft.fft2`` per channel, the amplitudes (fftshifted, the whole 9x9 "crop" mixed:
+ratio 1) are mixed with lam ~ U(0, 1), the source phase kept, ``np.real(ifft2)`` clipped and
+cast with ``np.uint8``, and written back into the batch, which then goes back to the device
+and is normalised. (Its ``int(np.random.randint(0, B, 1))`` converts a 1-element array to an
+int, which numpy 2 deprecates; a scalar draw is used here.)
+
+Both run on the same 112 px batch with 144 patch weights, K = 7, at p = 0.2 and p = 1, at
+batch 128 and 512, round by round in one process (the same machine load for both), median
+of ``rounds`` after one warm-up. ``dpap_timings(device)`` returns the dict, for the GPU check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from nbfacelib.machine import describe_machine
+
+K = 7
+GRID, PATCH = 12, 9
+
+
+def _amplitude_mix(src: np.ndarray, rnd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The official ``amplitude_spectrum_mix(img_src, img_random, alpha=1, ratio=1.0)``."""
+    lam = rng.uniform(0, 1.0)
+    h, w, _ = src.shape
+    h_crop, w_crop = int(h * np.sqrt(1.0)), int(w * np.sqrt(1.0))
+    h_start, w_start = h // 2 - h_crop // 2, w // 2 - w_crop // 2
+    f1, f2 = np.fft.fft2(src, axes=(0, 1)), np.fft.fft2(rnd, axes=(0, 1))
+    a1, p1 = np.abs(f1), np.angle(f1)
+    a1 = np.fft.fftshift(a1, axes=(0, 1))
+    a2 = np.fft.fftshift(np.abs(f2), axes=(0, 1))
+    a1_, a2_ = np.copy(a1), np.copy(a2)
+    a1[h_start : h_start + h_crop, w_start : w_start + w_crop] = (
+        lam * a2_[h_start : h_start + h_crop, w_start : w_start + w_crop]
+        + (1 - lam) * a1_[h_start : h_start + h_crop, w_start : w_start + w_crop]
+    )
+    a1 = np.fft.ifftshift(a1, axes=(0, 1))
+    out = np.real(np.fft.ifft2(a1 * np.e ** (1j * p1), axes=(0, 1)))
+    return np.uint8(np.clip(out, 0, 255))
+
+
+def official_dpap(images, weights, p: float, rng: np.random.Generator, k: int = K):
+    """The official loop on a normalised device batch -> a normalised device batch."""
+    import torch
+
+    dev = images.device
+    batch = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    top = torch.argsort(weights, dim=1, descending=True).cpu().numpy()[:, :k]
+    for b, index in enumerate(top):
+        if rng.random() < p:
+            for j in range(index.shape[0]):
+                h, w = int(index[j] // GRID), int(index[j] % GRID)
+                src = batch[b, PATCH * h : PATCH * (h + 1), PATCH * w : PATCH * (w + 1), :]
+                r = int(rng.integers(0, batch.shape[0]))
+                rh, rw = int(rng.integers(0, GRID)), int(rng.integers(0, GRID))
+                rnd = batch[r, PATCH * rh : PATCH * (rh + 1), PATCH * rw : PATCH * (rw + 1), :]
+                batch[b, PATCH * h : PATCH * (h + 1), PATCH * w : PATCH * (w + 1), :] = _amplitude_mix(
+                    src, rnd
+                )
+    out = torch.tensor(batch).to(dev).permute(0, 3, 1, 2)
+    return (out.float() / 255 - 0.5) / 0.5
+
+
+def dpap_timings(device: str = "cpu", batch_sizes=(128, 512), ps=(0.2, 1.0), rounds: int = 5) -> dict:
+    import torch
+
+    from nbfacelib.augment.dpap import DominantPatchAmplitudePerturbation
+
+    dev = torch.device(device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rows = []
+    for b in batch_sizes:
+        g = torch.Generator().manual_seed(0)
+        images = (torch.randint(0, 256, (b, 3, 112, 112), generator=g).float() / 127.5 - 1).to(dev)
+        weights = torch.rand(b, GRID * GRID, generator=g).softmax(1).to(dev)
+        for p in ps:
+            dpap = DominantPatchAmplitudePerturbation(p=p, k=K)
+            rng = np.random.default_rng(0)
+            t_ours, t_official = [], []
+            for r in range(rounds + 1):
+                sync()
+                t0 = time.perf_counter()
+                dpap(images, weights)
+                sync()
+                t1 = time.perf_counter()
+                official_dpap(images, weights, p, rng)
+                sync()
+                t2 = time.perf_counter()
+                if r:  # the first round warms up (FFT plans, allocations)
+                    t_ours.append(t1 - t0)
+                    t_official.append(t2 - t1)
+            ours, official = statistics.median(t_ours), statistics.median(t_official)
+            rows.append(
+                {
+                    "batch": b,
+                    "p": p,
+                    "batched_ms": ours * 1e3,
+                    "official_ms": official * 1e3,
+                    "speedup": official / ours,
+                }
+            )
+    return {"device": str(dev), "k": K, "rounds": rounds, "machine": describe_machine(), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="batch 128 only, 3 rounds")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=None)
+    args = ap.parse_args()
+    import torch
+
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    res = dpap_timings(
+        args.device, (128,) if args.quick else (128, 512), rounds=args.rounds or (3 if args.quick else 5)
+    )
+    print(res["machine"])
+    print(f"device {res['device']}, K = {res['k']}, median of {res['rounds']} rounds")
+    print("| batch | p | batched DPAP | official loop | speed-up |")
+    print("|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(
+            f"| {r['batch']} | {r['p']:g} | {r['batched_ms']:.1f} ms | {r['official_ms']:.1f} ms | "
+            f"**{r['speedup']:.0f}x** |"
+        )
+
+
+if __name__ == "__main__":
+    main()
