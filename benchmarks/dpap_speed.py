@@ -67,9 +67,8 @@ def official_dpap(images, weights, p: float, rng: np.random.Generator, k: int = 
                 r = int(rng.integers(0, batch.shape[0]))
                 rh, rw = int(rng.integers(0, GRID)), int(rng.integers(0, GRID))
                 rnd = batch[r, PATCH * rh : PATCH * (rh + 1), PATCH * rw : PATCH * (rw + 1), :]
-                batch[b, PATCH * h : PATCH * (h + 1), PATCH * w : PATCH * (w + 1), :] = _amplitude_mix(
-                    src, rnd
-                )
+                mixed = _amplitude_mix(src, rnd, rng)
+                batch[b, PATCH * h : PATCH * (h + 1), PATCH * w : PATCH * (w + 1), :] = mixed
     out = torch.tensor(batch).to(dev).permute(0, 3, 1, 2)
     return (out.float() / 255 - 0.5) / 0.5
 
