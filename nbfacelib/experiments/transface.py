@@ -124,7 +124,14 @@ def heldout_with_occluders(
     if bad:
         raise ValueError(f"occluder kinds {bad} unknown; the renderer has {OCCLUDERS[1:]}")
     base = synthetic_heldout(
-        num_identities, per_identity, n_pairs, identity_offset, input_size, data_seed, difficulty, pair_seed
+        num_identities,
+        per_identity,
+        n_pairs,
+        identity_offset,
+        input_size=input_size,
+        data_seed=data_seed,
+        difficulty=difficulty,
+        pair_seed=pair_seed,
     )
     from nbfacelib.data.synthetic import SyntheticFaces
 
