@@ -40,6 +40,7 @@ def test_verification_by_tercile_rows():
     same = np.arange(n) % 2 == 0
     q = rng.random(n)
     scores = {"a": same + rng.normal(size=n) * (1.5 - q), "b": rng.normal(size=n)}
+    assert [r["tercile"] for r in pu.verification_by_tercile(scores, same, None)] == ["all", "all"]
     rows = pu.verification_by_tercile(scores, same, q)
     assert [(r["tercile"], r["score"]) for r in rows[:4]] == [("all", "a"), ("all", "b"), (0, "a"), (0, "b")]
     assert sum(r["pairs"] for r in rows if r["score"] == "a" and r["tercile"] != "all") == n

@@ -125,15 +125,18 @@ def score_pairs(
 
 
 def verification_by_tercile(
-    scores: Mapping[str, np.ndarray], issame: np.ndarray, pair_quality: np.ndarray
+    scores: Mapping[str, np.ndarray], issame: np.ndarray, pair_quality: np.ndarray | None
 ) -> list[dict[str, Any]]:
-    """10-fold accuracy, AUC and TAR@FAR=1e-2 of each score (``evaluate_scores``) on all pairs and
-    on each pair-quality tercile (``tercile`` "all", 0 = lowest)."""
+    """10-fold accuracy, AUC and TAR@FAR=1e-2 of each score (``evaluate_scores``) on all pairs and,
+    given pair qualities, on each pair-quality tercile (``tercile`` "all", 0 = lowest; a
+    published protocol without qualities: "all" only)."""
     from nbfacelib.eval.verification import evaluate_scores
 
-    which = np.digitize(pair_quality, np.quantile(pair_quality, [1 / 3, 2 / 3]))
+    which = (
+        None if pair_quality is None else np.digitize(pair_quality, np.quantile(pair_quality, [1 / 3, 2 / 3]))
+    )
     rows = []
-    for part in ("all", 0, 1, 2):
+    for part in ("all",) if which is None else ("all", 0, 1, 2):
         keep = np.ones(len(issame), bool) if part == "all" else which == part
         for name, s in scores.items():
             res = evaluate_scores(s[keep], issame[keep], nfolds=min(10, int(keep.sum()) // 2))
