@@ -190,6 +190,12 @@ def test_figures_draw():
 def test_sampled_centres_with_identity_balanced_batches():
     assert ps.sampled_centres(64, 32, 0.1, images_per_identity=2) == 16  # P = 16 identities a batch
     assert ps.sampled_centres(1000, 32, 0.1, images_per_identity=2) == 100
+    pk = ps.classifier_bytes(64, 8, 32, 0.1, images_per_identity=2)
+    assert pk["sampled_centres"] == 2 * 16 * 8 * 4 and pk["logits"] == 3 * 32 * 16 * 4
+    assert (
+        ps.memory_ratios(64, 8, 32, [0.1], images_per_identity=2)[0.1]
+        == pk["total"] / (ps.classifier_bytes(64, 8, 32, 1.0)["total"])
+    )
 
 
 def test_fit_names_the_memory_a_classifier_needs_when_it_does_not_fit():

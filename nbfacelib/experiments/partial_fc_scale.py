@@ -49,16 +49,21 @@ def sampled_centres(num_classes: int, batch: int, sample_rate: float, images_per
 
 
 def classifier_bytes(
-    num_classes: int, dim: int, batch: int, sample_rate: float = 1.0, optimizer: str = "sgd"
+    num_classes: int,
+    dim: int,
+    batch: int,
+    sample_rate: float = 1.0,
+    optimizer: str = "sgd",
+    images_per_identity: int = 1,
 ) -> dict[str, int]:
     """Bytes the Partial FC classifier holds at the peak of a step, by part (see the module
     docstring); ``total`` is their sum. ``k`` is :func:`sampled_centres` (an upper bound: a
-    batch with fewer distinct classes than B samples fewer when ``ceil(r C) < B``)."""
+    batch with fewer distinct classes than B / K samples fewer when ``ceil(r C) < B / K``)."""
     r = check_sample_rate(sample_rate)
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {optimizer!r}")
     c, d = int(num_classes), int(dim)
-    k = sampled_centres(c, batch, r)
+    k = sampled_centres(c, batch, r, images_per_identity)
     parts = {
         "centres": c * d * FLOAT,
         "gradient": c * d * FLOAT,
@@ -372,11 +377,19 @@ def run_step_seconds(metrics_path, batch_size: int) -> float:
 
 
 def memory_ratios(
-    num_classes: int, dim: int, batch: int, rates: Sequence[float], optimizer: str = "sgd"
+    num_classes: int,
+    dim: int,
+    batch: int,
+    rates: Sequence[float],
+    optimizer: str = "sgd",
+    images_per_identity: int = 1,
 ) -> dict[float, float]:
     """``{rate: classifier_bytes(rate) / classifier_bytes(1.0)}`` at ``num_classes``."""
     full = classifier_bytes(num_classes, dim, batch, 1.0, optimizer)["total"]
-    return {float(r): classifier_bytes(num_classes, dim, batch, r, optimizer)["total"] / full for r in rates}
+    return {
+        float(r): classifier_bytes(num_classes, dim, batch, r, optimizer, images_per_identity)["total"] / full
+        for r in rates
+    }
 
 
 def c6_rule(rate: float = 0.1, tol: float = 0.02, max_memory_ratio: float = 1.0):
