@@ -42,8 +42,9 @@ def reference(name, kw, num_classes, dtype, classes=None):
     return {"loss": loss.detach(), "emb_grad": emb.grad, "weight_grad": centres.grad, "head": head}
 
 
-def run_pfc(name, kw, num_classes, dtype, sample_rate=1.0, backbone_ddp=False):
-    """This process's part (a rank, or the whole batch without a process group)."""
+def run_pfc(name, kw, num_classes, dtype, sample_rate=1.0, backbone_ddp=False, weighted=False):
+    """This process's part (a rank, or the whole batch without a process group); ``weighted``:
+    per-sample weights 1 + i / B on the global batch's rows (TransFace's EHSM)."""
     centres, emb, labels = make_data(num_classes, dtype)
     r, w = nbdist.rank(), nbdist.world_size()
     rows = slice(sum(SIZES[:r]), sum(SIZES[: r + 1])) if w > 1 else slice(None)
@@ -52,7 +53,8 @@ def run_pfc(name, kw, num_classes, dtype, sample_rate=1.0, backbone_ddp=False):
     state = {"weight": centres, **{f"margin.{k}": v for k, v in head.state_dict().items()}}
     pfc.load_full_state_dict(state)
     e = emb[rows].clone().requires_grad_()
-    loss = pfc(e, labels[rows])
+    weights = (1 + torch.arange(len(emb), dtype=dtype) / len(emb))[rows] if weighted else None
+    loss = pfc(e, labels[rows], sample_weights=weights)
     loss.backward()
     out = {"loss": loss.detach(), "emb_grad": e.grad, "weight_grad": pfc.weight.grad}
     out["sampled"] = pfc.sampled_classes
@@ -118,6 +120,7 @@ def _worker(rank, world, port, out_dir):
         for case, (name, kw, c, dtype, rate, ddp) in DIST_CASES.items():
             torch.manual_seed(100 + rank)  # each rank samples its own negatives
             results[case] = run_pfc(name, kw, c, dtype, rate, ddp)
+        results["weighted_arcface"] = run_pfc("arcface", {}, 7, torch.float64, weighted=True)
         # the engine's set-up: a DDP backbone (averages gradients) + backbone_ddp=True
         results["ddp_backbone"] = run_ddp_backbone()
         # checkpoints: gather at W=2 ...
@@ -273,6 +276,20 @@ def test_two_ranks_equal_single_process_full_softmax(two_ranks, case):
         for res in results:
             torch.testing.assert_close(res[case]["buf.t"], ref["head"].t, rtol=1e-12, atol=1e-15)
         assert ref["head"].t.item() != 0.0
+
+
+def test_two_ranks_sample_weights_equal_single_process(two_ranks):
+    """Per-sample weights (EHSM) are gathered with the rows: 2 ranks = one process."""
+    results, _ = two_ranks
+    ref = run_pfc("arcface", {}, 7, torch.float64, weighted=True)  # no process group here
+    plain = run_pfc("arcface", {}, 7, torch.float64)
+    assert not torch.allclose(ref["loss"], plain["loss"])
+    for res in results:
+        torch.testing.assert_close(res["weighted_arcface"]["loss"], ref["loss"], rtol=1e-10, atol=1e-12)
+    emb_grad = torch.cat([res["weighted_arcface"]["emb_grad"] for res in results])
+    weight_grad = torch.cat([res["weighted_arcface"]["weight_grad"] for res in results])
+    torch.testing.assert_close(emb_grad, ref["emb_grad"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weight_grad, ref["weight_grad"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["sampled_arcface", "sampled_curricular"])
