@@ -82,6 +82,12 @@ def test_loss_and_active_count_match_the_loop(mining, squared, margin):
     assert int(out.logs["active_triplets"]) == n_active
     assert int(out.logs["triplets"]) == n_selected
     assert float(out.logs["active_fraction"]) == pytest.approx(n_active / max(1, n_selected))
+    _, n_all_active, n_valid = _loop(x, labels, margin, "batch_all", squared)
+    mean_all, _, _ = _loop(x, labels, margin, "batch_all", squared)
+    # hinge_all: the mean over every valid triplet = batch-all's mean over active x active / valid
+    assert float(out.logs["hinge_all"]) == pytest.approx(
+        mean_all * n_all_active / n_valid, rel=1e-5, abs=1e-7
+    )
 
 
 def test_random_triplets_are_the_official_rule():

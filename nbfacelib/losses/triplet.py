@@ -105,7 +105,8 @@ class Triplet(Objective):
     anchor-positive pair at all (one image per identity) is a sampling error and raises.
 
     Logs: ``active_fraction`` (active / selected triplets), ``active_triplets``,
-    ``triplets`` (selected), ``pos_dist`` / ``neg_dist`` (mean over valid pairs).
+    ``triplets`` (selected), ``hinge_all`` (the hinge averaged over every valid triplet, the
+    same quantity for every rule), ``pos_dist`` / ``neg_dist`` (mean over valid pairs).
     """
 
     contract_kwargs: ClassVar[dict[str, Any]] = {"images_per_identity": 2}
@@ -168,6 +169,9 @@ class Triplet(Objective):
                 "active_fraction": active.sum() / selected.clamp_min(1),
                 "active_triplets": active.sum().float(),
                 "triplets": selected.float(),
+                # the hinge averaged over every valid triplet, whatever the mining rule: one
+                # curve that compares rules and margins ("does the loss approach 0")
+                "hinge_all": torch.where(valid, per_triplet, 0.0).sum() / valid.sum().clamp_min(1),
                 "pos_dist": dist[pos_pairs].mean() if pos_pairs.any() else dist.new_zeros(()),
                 "neg_dist": dist[~same].mean() if (~same).any() else dist.new_zeros(()),
             }
