@@ -99,3 +99,12 @@ def test_gaussian_embedding_probe_and_degraded_rows():
         pu.embed_gaussian(
             build_backbone("ir_tiny", embedding_size=8, input_size=32), transforms.resize(images, 32)
         )
+
+
+def test_logged_loss_drop(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss": -10.0}\n{"step": 4, "eval": 1}\n{"step": 6, "loss": -25.5}\n')
+    assert pu.logged_loss_drop(path) == 15.5
+    path.write_text('{"step": 2, "loss": -10.0}\n')
+    with pytest.raises(ValueError, match="fewer than two logged losses"):
+        pu.logged_loss_drop(path)

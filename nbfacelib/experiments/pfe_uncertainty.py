@@ -280,3 +280,18 @@ def probe(
         "norm": norm,
         "sigma2": float(harmonic_sigma2(sigma2)[0]),
     }
+
+
+def logged_loss_drop(metrics_path) -> float:
+    """The training loss of the first logged window minus that of the last (``metrics.jsonl``
+    averages over ``log_every`` steps): positive when the MLS loss went down. Steadier than the
+    first and final single-batch losses, which the head's first batch-statistics step distorts."""
+    import json
+    from pathlib import Path
+
+    losses = [
+        json.loads(line)["loss"] for line in Path(metrics_path).read_text().splitlines() if '"loss"' in line
+    ]
+    if len(losses) < 2:
+        raise ValueError(f"{metrics_path}: fewer than two logged losses")
+    return float(losses[0] - losses[-1])
