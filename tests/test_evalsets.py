@@ -106,3 +106,24 @@ def test_orl_set(orl_root):
     es = ev.orl(40, input_size=48, people=range(1, 6))
     assert es.images.shape == (50, 3, 48, 48) and set(es.labels.tolist()) == set(range(5))
     assert es.quality is None and es.n_pairs == 40
+
+
+@pytest.mark.filterwarnings("ignore:sample_pairs:UserWarning")  # 10 identities: folds share them
+def test_manifest_names_open_their_ready_bins(tmp_path, monkeypatch):
+    """``val_bins: [lfw, cfp_fp, agedb_30]`` (the paper preset): a protocol manifest whose data
+    root holds the ready ``.bin`` instead of the folder, and a ``pairs-bin`` manifest, open by
+    name; without them the error says how to obtain the data set."""
+    from nbfacelib.data.manifest import DatasetNotFoundError, load_manifest
+    from nbfacelib.data.pairs import make_pair_set, save_pairs
+    from nbfacelib.data.synthetic import SyntheticFaces
+
+    monkeypatch.setenv("NBFACELIB_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError):
+        ev.open_evalset("agedb_30")
+    pairs = make_pair_set(SyntheticFaces(10, 4, seed=3), 20, seed=0)
+    for name in ("lfw", "agedb_30"):
+        m = load_manifest(name)
+        where = m.location if m.format == "pairs-bin" else m.alternatives[0]
+        save_pairs(tmp_path / where, pairs.images, pairs.issame)
+        es = ev.open_evalset(name, input_size=32)
+        assert es.name == name and es.n_pairs == 20 and es.issame.tolist() == list(pairs.issame)

@@ -278,7 +278,8 @@ def open_evalset(spec: str, input_size: int = 112, n_pairs: int = 600, **kw: Any
     """An evaluation set by name: ``orl``; ``synthetic-heldout`` (needs ``identity_offset``, and
     takes ``num_identities``, ``per_identity`` and the other keywords of
     :func:`synthetic_heldout`); a path ending in ``.bin``; a published protocol (``lfw``,
-    ``cfp_fp``, ``cfp_ff``, ``cfp_heldout``: :func:`protocol`); or a folder path."""
+    ``cfp_fp``, ``cfp_ff``, ``cfp_heldout``: :func:`protocol`, its folder or a ready ``.bin``);
+    a ``pairs-bin`` manifest name (``agedb_30``); or a folder path."""
     if spec == "orl":
         return orl(n_pairs, input_size, **kw)
     if spec == "synthetic-heldout":
@@ -291,16 +292,20 @@ def open_evalset(spec: str, input_size: int = 112, n_pairs: int = 600, **kw: Any
         return synthetic_heldout(n_pairs=n_pairs, input_size=input_size, **kw)
     if str(spec).endswith(".bin"):
         return pair_bin(spec, input_size)
+    from nbfacelib.data.manifest import list_manifests, load_manifest
     from nbfacelib.data.protocols import PROTOCOLS
 
     if spec in PROTOCOLS:
         return protocol(spec, input_size)
+    if spec in list_manifests() and load_manifest(spec).format == "pairs-bin":  # agedb_30, calfw, ...
+        return pair_bin(spec, input_size, name=spec)
     from nbfacelib.data.datasets import resolve_path
 
     if resolve_path(spec).is_dir():
         return image_folder(spec, n_pairs, input_size, **kw)
     raise ValueError(
-        f"evaluation set {spec!r}: expected 'orl', 'synthetic-heldout', a .bin file or an image folder "
+        f"evaluation set {spec!r}: expected 'orl', 'synthetic-heldout', a .bin file, a protocol or pair-set "
+        "manifest name (lfw, cfp_fp, agedb_30, ...) or an image folder "
         f"(looked for {resolve_path(spec)})"
     )
 
