@@ -272,10 +272,17 @@ def camera(img: torch.Tensor, n: dict[str, torch.Tensor]) -> torch.Tensor:
     images in [0, 1]."""
     size = img.shape[-1]
     X, Y = pixel_grid(size, img.device)
-    bars = (X.abs() > 1 - 2 * per_image(n["pillarbox"])).unsqueeze(1)  # (B, 1, 1, S)
-    img = img.masked_fill(bars, 0.0)
-    img = img * (1 - per_image(n["vignette"]).unsqueeze(1) * ((X**2 + Y**2) / 2).unsqueeze(0))
-    img = img.clamp_(1e-6, 1).pow_(n["gamma"].view(-1, 1, 1, 1))
-    grey = img[:, 0:1] * 0.299 + img[:, 1:2] * 0.587 + img[:, 2:3] * 0.114
-    g = n["grey"].view(-1, 1, 1, 1)
-    return img * (1 - g) + grey * g
+    # Each step only where some image needs it (a neutral step is an exact identity anyway):
+    # the styles without camera or framing pay nothing here.
+    if bool((n["pillarbox"] > 0).any()):
+        bars = (X.abs() > 1 - 2 * per_image(n["pillarbox"])).unsqueeze(1)  # (B, 1, 1, S)
+        img = img.masked_fill(bars, 0.0)
+    if bool((n["vignette"] > 0).any()):
+        img = img * (1 - per_image(n["vignette"]).unsqueeze(1) * ((X**2 + Y**2) / 2).unsqueeze(0))
+    if bool((n["gamma"] != 1).any()):
+        img = img.clamp_(1e-6, 1).pow_(n["gamma"].view(-1, 1, 1, 1))
+    if bool((n["grey"] > 0).any()):
+        grey = img[:, 0:1] * 0.299 + img[:, 1:2] * 0.587 + img[:, 2:3] * 0.114
+        g = n["grey"].view(-1, 1, 1, 1)
+        img = img * (1 - g) + grey * g
+    return img
