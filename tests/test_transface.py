@@ -54,11 +54,12 @@ def _faces(b: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (b, 3, size, size), generator=g).float() / 127.5 - 1.0
 
 
+@pytest.mark.parametrize("dft", ["matmul", "fft"])
 @pytest.mark.parametrize("size, patches", [(112, 144), (64, 64)])
-def test_dpap_batched_equals_the_per_image_loop(size, patches):
+def test_dpap_batched_equals_the_per_image_loop(size, patches, dft):
     images = _faces(6, size)
     weights = torch.rand(6, patches, generator=torch.Generator().manual_seed(1)).softmax(1)
-    dpap = DominantPatchAmplitudePerturbation(p=0.5, k=7)
+    dpap = DominantPatchAmplitudePerturbation(p=0.5, k=7, dft=dft)
     draws = dpap.draw(6, patches, "cpu", torch.Generator().manual_seed(2))
     draws.perturb[:2] = torch.tensor([True, False])  # both cases, whatever the draw
     out = dpap.apply(images, weights, draws)
@@ -76,6 +77,36 @@ def test_dpap_batched_equals_the_per_image_loop(size, patches):
         assert not (changed[i] & ~allowed).any()
         assert changed[i].any()
     assert out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6  # clipped to the pixel range
+
+
+def test_dpap_in_place_channels_last_and_strided_batches_agree():
+    """The storage-row gather / scatter: a channels-last batch, a non-dense view and ``inplace``
+    give the NCHW copy's pixels, and in place writes into the very batch it was given."""
+    images = _faces(5, 64)
+    weights = torch.rand(5, 64, generator=torch.Generator().manual_seed(4))
+    dpap = DominantPatchAmplitudePerturbation(p=0.6, k=5)
+    draws = dpap.draw(5, 64, "cpu", torch.Generator().manual_seed(5))
+    draws.perturb[0] = True
+    expected = dpap.apply(images, weights, draws)
+    assert not torch.equal(expected, images)
+    cl = images.contiguous(memory_format=torch.channels_last)
+    out = dpap.apply(cl, weights, draws)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    wide = torch.cat([images, images], 3)[..., :64]  # a strided, non-dense view
+    torch.testing.assert_close(dpap.apply(wide, weights, draws), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="inplace=True needs a dense"):
+        dpap.apply(wide, weights, draws, inplace=True)
+    for batch in (images.clone(), cl.clone()):
+        same = dpap.apply(batch, weights, draws, inplace=True)
+        assert same is batch
+        torch.testing.assert_close(batch, expected, atol=1e-6, rtol=0)
+    # an offset view into a larger storage: only its own pixels are touched
+    big = torch.cat([images, images])
+    second = big[5:]
+    dpap.apply(second, weights, draws, inplace=True)
+    assert torch.equal(big[:5], images)
+    torch.testing.assert_close(second, expected, atol=1e-6, rtol=0)
 
 
 def test_dpap_official_truncates_to_integer_pixels():
@@ -108,6 +139,8 @@ def test_dpap_lam_zero_is_identity_and_p_is_the_rate():
 def test_dpap_bad_input_is_named():
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
         DominantPatchAmplitudePerturbation(p=1.5)
+    with pytest.raises(ValueError, match="dft must be 'auto', 'matmul' or 'fft', got 'dct'"):
+        DominantPatchAmplitudePerturbation(dft="dct")
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got -0.1"):
         DominantPatchAmplitudePerturbation(p=-0.1)
     with pytest.raises(ValueError, match="k=20 is larger than the number of patches \\(16\\)"):
