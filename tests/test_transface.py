@@ -109,6 +109,21 @@ def test_dpap_in_place_channels_last_and_strided_batches_agree():
     torch.testing.assert_close(second, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dft", ["matmul", "fft"])
+def test_dpap_zero_amplitude_takes_the_mixed_amplitude_with_phase_zero(dft):
+    """A black source patch has |F| = 0 everywhere (angle 0, as np.angle): its new spectrum
+    is lam |F_rnd| itself, as in the loop."""
+    images = _faces(4, 64)
+    images[:2] = -1.0  # pixel 0: every patch of these images is black
+    weights = torch.rand(4, 64, generator=torch.Generator().manual_seed(6))
+    dpap = DominantPatchAmplitudePerturbation(p=1.0, k=4, dft=dft)
+    draws = dpap.draw(4, 64, "cpu", torch.Generator().manual_seed(7))
+    draws.source_image[:2] = 3  # mix a non-black patch into the black ones
+    out = dpap.apply(images, weights, draws)
+    assert not torch.equal(out[:2], images[:2])
+    torch.testing.assert_close(out.double(), dpap_loop(images, weights, draws, 4, False), atol=2e-5, rtol=0)
+
+
 def test_dpap_official_truncates_to_integer_pixels():
     images = _faces(4, 64)
     weights = torch.rand(4, 64, generator=torch.Generator().manual_seed(1))

@@ -155,30 +155,35 @@ class DominantPatchAmplitudePerturbation:
         target = row_starts(chosen[:, None].expand(-1, self.k), top)
         source = row_starts(draws.source_image[chosen], draws.source_patch[chosen])
         # the dominant patches and the random ones in one (2 n k C, ps * ps) matrix of 0..255
-        both = (storage_rows.index_select(0, torch.cat([target, source])).float() + 1.0) * 127.5
+        # (in-place arithmetic throughout: on a CPU each fresh MB-sized intermediate costs its
+        # page faults, as much as the arithmetic)
+        both = storage_rows.index_select(0, torch.cat([target, source])).float().add_(1.0).mul_(127.5)
         spectra = self._half_spectrum(both.view(-1, ps, ps))  # (2 n k C, 2 * ps * half)
         half = spectra.shape[1] // 2
         count = target.numel() // ps
-        re, im = spectra[:count, :half], spectra[:count, half:]
-        a_src = torch.hypot(re, im)
+        a_src = torch.hypot(spectra[:count, :half], spectra[:count, half:])
         a_rnd = torch.hypot(spectra[count:, :half], spectra[count:, half:])
-        lam = draws.lam[chosen].repeat_interleave(images.shape[1], dim=1).view(-1, 1)
-        amp = lam * a_rnd + (1 - lam) * a_src
-        # amp * exp(i angle F_src): F_src scaled by amp / |F_src| (angle 0, as np.angle, where
-        # |F_src| = 0); the mixed spectrum stays Hermitian, so its inverse is a real patch and
-        # equals the official real part of ifft2
-        nonzero = a_src > 0
-        ratio = amp / a_src.clamp_min(1e-30)
-        mixed = torch.cat([torch.where(nonzero, re * ratio, amp), torch.where(nonzero, im * ratio, 0.0)], 1)
-        out = self._inverse(mixed, ps).clamp(0.0, 255.0)  # (n k C, ps * ps)
+        lam = draws.lam[chosen].repeat_interleave(images.shape[1], dim=1).view(-1, 1).to(a_src.dtype)
+        # A = lam |F_rnd| + (1 - lam) |F_src| with the source phase: F_src scaled by
+        # A / |F_src|; where |F_src| = 0 (its angle 0, as np.angle) the spectrum is A itself.
+        # The mixed spectrum stays Hermitian, so its inverse is a real patch and equals the
+        # official real part of ifft2.
+        zero = a_src == 0
+        amp_at_zero = (lam * a_rnd)[zero] if bool(zero.any()) else None
+        ratio = a_rnd.div_(a_src.clamp_min_(1e-30)).mul_(lam).add_(1 - lam)  # A / |F_src|
+        mixed = spectra[:count].view(count, 2, half).mul_(ratio[:, None, :]).view(count, 2 * half)
+        if amp_at_zero is not None:
+            mixed[:, :half][zero] = amp_at_zero
+            mixed[:, half:][zero] = 0.0
+        out = self._inverse(mixed, ps).clamp_(0.0, 255.0)  # (n k C, ps * ps)
         if self.official:
-            out = out.floor()  # np.uint8 of a value in [0, 255] truncates
+            out.floor_()  # np.uint8 of a value in [0, 255] truncates
         # every random patch was read above, from the unperturbed batch; only the dominant
         # patches of the drawn images are written, every other pixel stays bit-identical
         result = images if inplace else images.clone()  # clone keeps the memory format
         pixels = (target[:, None] + torch.arange(ps, device=dev) * s_w).reshape(-1)
         result.as_strided((size,), (1,), 0).index_copy_(
-            0, pixels, (out / 127.5 - 1.0).to(images.dtype).view(-1)
+            0, pixels, out.div_(127.5).sub_(1.0).to(images.dtype).view(-1)
         )
         return result
 
