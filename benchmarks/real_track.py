@@ -2,7 +2,7 @@
 (and CFP-FP split 10, the held-out IDs 451-500, frontal vs profile) for scoring.
 
     python benchmarks/real_track.py [--part eigenfaces|cpu|cpu_real|synthetic|all]
-        [--out runs/real_track] [--reuse] [--threads 2]
+        [--out runs/real_track] [--reuse] [--threads 2] [--seed 0]
 
 - eigenfaces: PCA on the CFP training images (does_it_learn.pixel_baseline), cosine;
 - cpu: today's ``nbface train --preset cpu --data cfp`` (ir_tiny, 64 px, 500 steps, flips only);
@@ -38,7 +38,7 @@ PARTS = {
 }
 
 
-def run_part(part: str, root: Path, reuse: bool) -> dict:
+def run_part(part: str, root: Path, reuse: bool, seed: int = 0) -> dict:
     from nbfacelib.train import TrainConfig, fit
 
     out = root / part
@@ -47,7 +47,7 @@ def run_part(part: str, root: Path, reuse: bool) -> dict:
         base = pixel_baseline(cfg)
         return {"part": part, "sets": {n: base[n] for n in SETS}}
     preset, overrides = PARTS[part]
-    cfg = TrainConfig.from_preset(preset, out=str(out), progress=False, **overrides)
+    cfg = TrainConfig.from_preset(preset, out=str(out), progress=False, seed=seed, **overrides)
     load = os.getloadavg()[0]
     if reuse and (out / "model.safetensors").is_file():
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -64,6 +64,7 @@ def run_part(part: str, root: Path, reuse: bool) -> dict:
         "part": part,
         "preset": preset,
         "steps": cfg.steps,
+        "seed": cfg.seed,
         "train_seconds": seconds,
         "load_start": load,
         "load_end": os.getloadavg()[0],
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/real_track")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the 2-core machine)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of the trained parts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(describe_machine(), flush=True)
@@ -85,11 +87,12 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     results = []
     for part in ["eigenfaces", *PARTS] if args.part == "all" else [args.part]:
-        r = run_part(part, root, args.reuse)
+        r = run_part(part, root, args.reuse, args.seed)
         results.append(r)
         for name, m in r["sets"].items():
             when = (
-                f"{r['steps']} steps, train+eval {r['train_seconds']:.0f} s at load {r['load_start']:.1f}"
+                f"seed {r['seed']}, {r['steps']} steps, train+eval {r['train_seconds']:.0f} s "
+                f"at load {r['load_start']:.1f}"
                 f"->{r['load_end']:.1f}"
                 if r.get("train_seconds")
                 else ""
