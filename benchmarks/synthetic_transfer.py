@@ -3,7 +3,7 @@ ORL pairs; beside it the raw-pixel calibration at ``medium`` and the warm render
 
     python benchmarks/synthetic_transfer.py [--styles flat,relief,...] [--seeds 0] [--steps 150]
         [--ids 200] [--per-id 10] [--batch-size 32] [--orl-pairs 1200] [--calibrate] [--rate]
-        [--out runs/synthetic_transfer]
+        [--crop-scale 0.7,1.0] [--color-jitter 0.3] [--out runs/synthetic_transfer]
 
 The proxy (defaults: notebook 01's cpu recipe, ir_tiny at 64 px, 150 steps x 32, 200
 identities) ranks the styles cheaply; ``--preset cpu`` trains the cpu training preset instead
@@ -45,6 +45,10 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true", help="also the raw-pixel calibration at medium")
     ap.add_argument("--rate", action="store_true", help="also the warm render rate, styles side by side")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--crop-scale", default=None, help="training augmentation: random crop area range, e.g. 0.7,1.0"
+    )
+    ap.add_argument("--color-jitter", type=float, default=0.0, help="training augmentation: colour jitter")
     ap.add_argument("--out", default="runs/synthetic_transfer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,6 +75,9 @@ def main() -> None:
             input_size=input_size,
             log_every=max(1, args.steps // 5),
         )
+    if args.crop_scale or args.color_jitter:
+        crop = [float(v) for v in args.crop_scale.split(",")] if args.crop_scale else None
+        base = base.replace(crop_scale=crop, color_jitter=args.color_jitter)
     orl = ev.orl(args.orl_pairs, input_size)
     eig = ev.own_eigenfaces(orl)
     print(

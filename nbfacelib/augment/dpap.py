@@ -130,7 +130,7 @@ class DominantPatchAmplitudePerturbation:
         chosen = draws.perturb.nonzero().squeeze(1)
         if chosen.numel() == 0:
             return images
-        top = patch_weights.topk(self.k, dim=1).indices[chosen]  # (n, k), row-major cells
+        top = patch_weights[chosen].topk(self.k, dim=1).indices  # (n, k), row-major cells
         dense = images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last)
         if not dense:
             if inplace:
