@@ -104,6 +104,8 @@ def test_dpap_in_place_channels_last_and_strided_batches_agree():
     # an offset view into a larger storage: only its own pixels are touched
     big = torch.cat([images, images])
     second = big[5:]
+    torch.testing.assert_close(dpap.apply(second, weights, draws), expected, atol=1e-6, rtol=0)
+    assert torch.equal(second, images)  # a copy leaves the view as it was
     dpap.apply(second, weights, draws, inplace=True)
     assert torch.equal(big[:5], images)
     torch.testing.assert_close(second, expected, atol=1e-6, rtol=0)

@@ -122,8 +122,8 @@ class DominantPatchAmplitudePerturbation:
     def apply(self, images: Tensor, patch_weights: Tensor, draws: DPAPDraws, inplace: bool = False) -> Tensor:
         """DPAP with given random numbers (what :meth:`__call__` does after :meth:`draw`).
         ``inplace``: write the perturbed patches into ``images`` itself instead of a copy (a
-        training step that owns its input batch saves the copy: at batch 128 on a CPU core the
-        copy is most of the time at p = 0.2)."""
+        caller that owns its batch saves the copy: at batch 128, p = 0.2 on a CPU core the copy
+        is about half of the time)."""
         rows, cols, ps = patch_grid(images, patch_weights.shape[1])
         if self.k > rows * cols:
             raise ValueError(f"DPAP k={self.k} is larger than the number of patches ({rows * cols})")
@@ -180,9 +180,12 @@ class DominantPatchAmplitudePerturbation:
             out.floor_()  # np.uint8 of a value in [0, 255] truncates
         # every random patch was read above, from the unperturbed batch; only the dominant
         # patches of the drawn images are written, every other pixel stays bit-identical
-        result = images if inplace else images.clone()  # clone keeps the memory format
-        pixels = (target[:, None] + torch.arange(ps, device=dev) * s_w).reshape(-1)
-        result.as_strided((size,), (1,), 0).index_copy_(
+        # (a clone keeps the strides of a dense batch, but starts at offset 0 of its own storage)
+        result = images if inplace else images.clone()
+        shift = result.storage_offset() - images.storage_offset()
+        pixels = ((target + shift)[:, None] + torch.arange(ps, device=dev) * s_w).reshape(-1)
+        result_size = result.untyped_storage().nbytes() // result.element_size()
+        result.as_strided((result_size,), (1,), 0).index_copy_(
             0, pixels, out.div_(127.5).sub_(1.0).to(images.dtype).view(-1)
         )
         return result
@@ -217,14 +220,13 @@ class DominantPatchAmplitudePerturbation:
 @functools.lru_cache(maxsize=8)
 def _dft_pair(ps: int, device: str) -> tuple[Tensor, Tensor]:
     half = ps // 2 + 1
-    i = torch.arange(ps, dtype=torch.float64)
-    k = torch.arange(ps, dtype=torch.float64)
-    l = torch.arange(half, dtype=torch.float64)
+    n = torch.arange(ps, dtype=torch.float64)  # pixel rows i, columns j and frequency rows k
+    l = n[:half]  # frequency columns of the half spectrum
     # theta[(i, j), (k, l)] = 2 pi (k i + l j) / ps
     theta = (
         2
         * math.pi
-        * (i[:, None, None, None] * k[None, None, :, None] + i[None, :, None, None] * l[None, None, None, :])
+        * (n.view(-1, 1, 1, 1) * n.view(1, 1, -1, 1) + n.view(1, -1, 1, 1) * l.view(1, 1, 1, -1))
         / ps
     )
     theta = theta.reshape(ps * ps, ps * half)
