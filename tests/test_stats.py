@@ -124,3 +124,27 @@ def test_claim_accepts_a_verdict():
     with pytest.raises(TypeError, match="give holds"):
         claim("C14", "a statement", {"x": 1})
     reset()
+
+
+def test_rules_name_the_data_they_read():
+    rule = stats.AllOf(
+        stats.Greater("a", "b"),
+        stats.AtLeast("a", "c", tol=0.01),
+        stats.Below("err", 1e-5),
+        stats.Correlated("x", "y"),
+    )
+    assert rule.names == ("a", "b", "c", "err", "x", "y")  # in order, each once
+    assert stats.Within("p", "q", tol=0.1).names == ("p", "q")
+    # every name it lists is one judge() cannot do without
+    data = {
+        "a": {0: 0.9, 1: 0.8},
+        "b": {0: 0.5, 1: 0.4},
+        "c": {0: 0.5, 1: 0.4},
+        "err": 0.0,
+        "x": [1, 2, 3, 4, 5],
+        "y": [1, 3, 2, 5, 4],
+    }
+    rule.judge(data)
+    for name in rule.names:
+        with pytest.raises(KeyError, match=f"no data for '{name}'"):
+            rule.judge({k: v for k, v in data.items() if k != name})

@@ -188,6 +188,12 @@ class Rule(abc.ABC):
     def judge(self, data: Mapping[str, Any]) -> Verdict:
         """The verdict of this rule on ``data``."""
 
+    @property
+    @abc.abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """The names this rule reads from ``data`` (a notebook whose run left one out, e.g. a
+        shorter list of ablation rows, can say so instead of judging)."""
+
     def __str__(self) -> str:
         return self.text
 
@@ -202,6 +208,10 @@ class _Paired(Rule):
     a: str
     b: str
     confidence: float = 0.95
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.a, self.b)
 
     def _interval(self, data) -> tuple[Interval, dict[str, Any]]:
         sa, sb = self._get(data, self.a), self._get(data, self.b)
@@ -284,6 +294,10 @@ class Correlated(Rule):
     confidence: float = 0.95
 
     @property
+    def names(self) -> tuple[str, ...]:
+        return (self.x, self.y)
+
+    @property
     def text(self) -> str:  # type: ignore[override]
         return (
             f"{self.method} correlation({self.x}, {self.y}) > 0 "
@@ -307,6 +321,10 @@ class Below(Rule):
     bound: float
 
     @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    @property
     def text(self) -> str:  # type: ignore[override]
         return f"{self.name} < {self.bound:g}"
 
@@ -328,6 +346,10 @@ class AllOf(Rule):
     @property
     def text(self) -> str:  # type: ignore[override]
         return " and ".join(r.text for r in self.rules)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for r in self.rules for n in r.names))
 
     def judge(self, data):
         parts = tuple(r.judge(data) for r in self.rules)
