@@ -111,6 +111,22 @@ def test_dpap_in_place_channels_last_and_strided_batches_agree():
     torch.testing.assert_close(second, expected, atol=1e-6, rtol=0)
 
 
+def test_dpap_in_place_reads_the_unperturbed_batch():
+    """In place, a random patch that is also a dominant patch of another drawn image is read
+    as it was before any write: the result is the copy's."""
+    images = _faces(4, 64)
+    weights = torch.rand(4, 64, generator=torch.Generator().manual_seed(8))
+    dpap = DominantPatchAmplitudePerturbation(p=1.0, k=4)
+    draws = dpap.draw(4, 64, "cpu", torch.Generator().manual_seed(9))
+    # images 1-3 mix in image 0's dominant patches, which DPAP rewrites
+    draws.source_image[1:] = 0
+    draws.source_patch[1:] = weights[0].topk(4).indices
+    expected = dpap.apply(images, weights, draws)
+    batch = images.clone()
+    assert dpap.apply(batch, weights, draws, inplace=True) is batch
+    torch.testing.assert_close(batch, expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("dft", ["matmul", "fft"])
 def test_dpap_zero_amplitude_takes_the_mixed_amplitude_with_phase_zero(dft):
     """A black source patch has |F| = 0 everywhere (angle 0, as np.angle): its new spectrum

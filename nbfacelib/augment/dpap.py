@@ -16,12 +16,12 @@ cell of the same grid (12x12 of 9x9 at 112 px).
 The official code copies the batch to the host and loops in Python over images and patches
 with numpy (REFERENCE.md: 122 ms per 512 images at p = 0.2 on one core). Here the whole batch
 is one set of tensor operations on its device: one gather of the chosen and the random patches,
-one 2-D DFT over all of them (cuFFT on a GPU; on a CPU one GEMM with the DFT matrix, see
-``_dft_pair``), one scatter back, into a copy of the batch or (``inplace=True``) the batch
-itself. Two things of the official loop are not reproduced: it writes each perturbed patch
-into the batch before drawing the next random patch, so a later draw can read an already
-perturbed patch (here every draw reads the original batch: the order of a
-Python loop is not part of the method); and ``official=True`` keeps its ``np.uint8`` cast,
+a 2-D DFT of all of them (cuFFT on a GPU; on a CPU one GEMM with the DFT matrix, see
+``_dft_pair``), the mix, the inverse DFT, and one scatter back, into a copy of the batch or
+(``inplace=True``) the batch itself. Two things of the official loop are not reproduced: it
+writes each perturbed patch into the batch before drawing the next random patch, so a later
+draw can read an already perturbed patch (here every draw reads the original batch: the order
+of a Python loop is not part of the method); and ``official=True`` keeps its ``np.uint8`` cast,
 which truncates the perturbed pixels to integers (the default leaves them real-valued).
 """
 
@@ -77,7 +77,12 @@ class DominantPatchAmplitudePerturbation:
     """
 
     def __init__(
-        self, p: float = 0.2, k: int = 7, alpha: float = 1.0, official: bool = False, dft: str = "auto"
+        self,
+        p: float = 0.2,
+        k: int = 7,
+        alpha: float = 1.0,
+        official: bool = False,
+        dft: str = "auto",
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"DPAP probability p must be in [0, 1], got {p}")
@@ -122,92 +127,114 @@ class DominantPatchAmplitudePerturbation:
     def apply(self, images: Tensor, patch_weights: Tensor, draws: DPAPDraws, inplace: bool = False) -> Tensor:
         """DPAP with given random numbers (what :meth:`__call__` does after :meth:`draw`).
         ``inplace``: write the perturbed patches into ``images`` itself instead of a copy (a
-        caller that owns its batch saves the copy: at batch 128, p = 0.2 on a CPU core the copy
-        is about half of the time)."""
+        caller that owns its batch saves the copy: on a CPU, copying a 112 px batch of 128
+        costs more than DPAP itself, mostly page faults of the fresh 19 MB)."""
         rows, cols, ps = patch_grid(images, patch_weights.shape[1])
         if self.k > rows * cols:
             raise ValueError(f"DPAP k={self.k} is larger than the number of patches ({rows * cols})")
         chosen = draws.perturb.nonzero().squeeze(1)
         if chosen.numel() == 0:
             return images
-        top = patch_weights[chosen].topk(self.k, dim=1).indices  # (n, k), row-major cells
         dense = images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last)
         if not dense:
             if inplace:
                 raise ValueError("DPAP inplace=True needs a dense (contiguous or channels-last) batch")
             images = images.contiguous()
+        channels, dev = images.shape[1], images.device
+        n = chosen.numel()
         # Each patch is C * ps rows of ps pixels. The batch's storage seen as overlapping
         # "rows" (row j = the ps pixels from storage position j, stride s_w) lets one
-        # index_select gather them all, for NCHW and channels-last alike: on a CPU core this
-        # is ~10x faster than advanced indexing of a strided (B, C, rows, ps, cols, ps) view.
+        # index_select gather them all and one index_copy_ write them back, for NCHW and
+        # channels-last alike: on a CPU core ~10x faster than advanced indexing of a strided
+        # (B, C, rows, ps, cols, ps) view. Rows of distinct patches never share a pixel, so the
+        # write is well defined although the view overlaps itself.
         s_b, s_c, s_h, s_w = images.stride()
-        dev = images.device
         row_offsets = (
-            torch.arange(images.shape[1], device=dev)[:, None] * s_c + torch.arange(ps, device=dev) * s_h
+            torch.arange(channels, device=dev)[:, None] * s_c + torch.arange(ps, device=dev) * s_h
         ).view(1, 1, -1)  # (1, 1, C * ps)
-
-        def row_starts(image: Tensor, cell: Tensor) -> Tensor:  # (n, k) -> (n * k * C * ps,)
-            base = image * s_b + (cell // cols) * (ps * s_h) + (cell % cols) * (ps * s_w)
-            return (base[:, :, None] + row_offsets + images.storage_offset()).reshape(-1)
-
+        # (2, n, k): the dominant patches (row-major cells) of the chosen images, then the
+        # random ones; -> (2 n k C ps,) storage positions of their rows
+        image = torch.stack([chosen[:, None].expand(-1, self.k), draws.source_image[chosen]])
+        cell = torch.stack([patch_weights[chosen].topk(self.k, dim=1).indices, draws.source_patch[chosen]])
+        base = (image * s_b + (cell // cols) * (ps * s_h) + (cell % cols) * (ps * s_w)).view(
+            2 * n * self.k, 1
+        )
+        starts = (base + images.storage_offset() + row_offsets.view(1, -1)).view(-1)
         size = images.untyped_storage().nbytes() // images.element_size()
         storage_rows = images.as_strided((size - (ps - 1) * s_w, ps), (1, s_w), 0)
-        target = row_starts(chosen[:, None].expand(-1, self.k), top)
-        source = row_starts(draws.source_image[chosen], draws.source_patch[chosen])
-        # the dominant patches and the random ones in one (2 n k C, ps * ps) matrix of 0..255
-        # (in-place arithmetic throughout: on a CPU each fresh MB-sized intermediate costs its
-        # page faults, as much as the arithmetic)
-        both = storage_rows.index_select(0, torch.cat([target, source])).float().add_(1.0).mul_(127.5)
-        spectra = self._half_spectrum(both.view(-1, ps, ps))  # (2 n k C, 2 * ps * half)
+        count = n * self.k * channels  # patches (one channel each) to perturb
+        # every random patch is read here, with the dominant ones, before any write (so that an
+        # in-place write cannot leak into a draw); one pass over all of them: on a 2-core CPU
+        # passes of ~512 patches (to keep each in cache) were 6-25% slower with 2 threads and
+        # only at batch 512, p = 1 faster (10%) with one
+        both = storage_rows.index_select(0, starts).view(2, count, ps * ps)
+        lam = draws.lam[chosen].repeat_interleave(channels, dim=1).view(-1, 1).float()
+        out = self._perturb(both, lam, ps)
+        # only the dominant patches of the drawn images are written, every other pixel stays
+        # bit-identical (a clone keeps the strides of a dense batch, but starts at offset 0 of
+        # its own storage)
+        result = images if inplace else images.clone()
+        shift = result.storage_offset() - images.storage_offset()
+        result_size = result.untyped_storage().nbytes() // result.element_size()
+        result.as_strided((result_size - (ps - 1) * s_w, ps), (1, s_w), 0).index_copy_(
+            0, starts[: count * ps] + shift, out.view(-1, ps).to(images.dtype)
+        )
+        return result
+
+    def _perturb(self, both: Tensor, lam: Tensor, ps: int) -> Tensor:
+        """(2, m, ps * ps): m dominant patches then m random ones, one channel each, normalised,
+        and their (m, 1) lam -> the m perturbed dominant patches, normalised."""
+        m = both.shape[1]
+        # on 0..255 pixels, as the official code (a black patch's spectrum is exactly 0)
+        pixels = both.reshape(2 * m, ps * ps).float().add_(1.0).mul_(127.5)
+        spectra = self._half_spectrum(pixels)  # (2 m, 2 half): [Re | Im]
         half = spectra.shape[1] // 2
-        count = target.numel() // ps
-        a_src = torch.hypot(spectra[:count, :half], spectra[:count, half:])
-        a_rnd = torch.hypot(spectra[count:, :half], spectra[count:, half:])
-        lam = draws.lam[chosen].repeat_interleave(images.shape[1], dim=1).view(-1, 1).to(a_src.dtype)
-        # A = lam |F_rnd| + (1 - lam) |F_src| with the source phase: F_src scaled by
-        # A / |F_src|; where |F_src| = 0 (its angle 0, as np.angle) the spectrum is A itself.
-        # The mixed spectrum stays Hermitian, so its inverse is a real patch and equals the
-        # official real part of ifft2.
-        zero = a_src == 0
-        amp_at_zero = (lam * a_rnd)[zero] if bool(zero.any()) else None
-        ratio = a_rnd.div_(a_src.clamp_min_(1e-30)).mul_(lam).add_(1 - lam)  # A / |F_src|
-        mixed = spectra[:count].view(count, 2, half).mul_(ratio[:, None, :]).view(count, 2 * half)
+        # |F|^2, then A / |F_src| = (1 - lam) + lam |F_rnd| / |F_src| (in place throughout:
+        # on a CPU each fresh MB-sized intermediate costs its page faults; squares, not hypot,
+        # ~3x faster on a CPU core)
+        power = spectra[:, :half] * spectra[:, :half]
+        power.addcmul_(spectra[:, half:], spectra[:, half:])
+        p_src, p_rnd = power[:m], power[m:]
+        zero = p_src == 0
+        # where |F_src| = 0 (its angle 0, as np.angle) the mixed spectrum is the amplitude A
+        amp_at_zero = (p_rnd.sqrt() * lam)[zero] if bool(zero.any()) else None
+        ratio = p_rnd.div_(p_src.clamp_min_(1e-37)).sqrt_().mul_(lam).add_(1 - lam)
+        # A with the source phase: F_src scaled by A / |F_src|. The mixed spectrum stays
+        # Hermitian, so its inverse is a real patch and equals the official real part of ifft2.
+        mixed = spectra[:m].view(m, 2, half).mul_(ratio[:, None, :]).view(m, 2 * half)
         if amp_at_zero is not None:
             mixed[:, :half][zero] = amp_at_zero
             mixed[:, half:][zero] = 0.0
-        out = self._inverse(mixed, ps).clamp_(0.0, 255.0)  # (n k C, ps * ps)
-        if self.official:
-            out.floor_()  # np.uint8 of a value in [0, 255] truncates
-        # every random patch was read above, from the unperturbed batch; only the dominant
-        # patches of the drawn images are written, every other pixel stays bit-identical
-        # (a clone keeps the strides of a dense batch, but starts at offset 0 of its own storage)
-        result = images if inplace else images.clone()
-        shift = result.storage_offset() - images.storage_offset()
-        pixels = ((target + shift)[:, None] + torch.arange(ps, device=dev) * s_w).reshape(-1)
-        result_size = result.untyped_storage().nbytes() // result.element_size()
-        result.as_strided((result_size,), (1,), 0).index_copy_(
-            0, pixels, out.div_(127.5).sub_(1.0).to(images.dtype).view(-1)
-        )
-        return result
+        return self._normalised_inverse(mixed, ps)  # (m, ps * ps), in [-1, 1]
 
     def _matmul_dft(self, device) -> bool:
         return self.dft == "matmul" or (self.dft == "auto" and torch.device(device).type == "cpu")
 
-    def _half_spectrum(self, patches: Tensor) -> Tensor:
-        """(M, ps, ps) real patches -> (M, 2 * ps * (ps // 2 + 1)): [Re | Im] of rfft2."""
-        m, ps = patches.shape[0], patches.shape[-1]
-        if self._matmul_dft(patches.device):
-            return patches.reshape(m, ps * ps) @ _dft_pair(ps, str(patches.device))[0]
-        spec = torch.view_as_real(torch.fft.rfft2(patches)).reshape(m, -1, 2)
+    def _half_spectrum(self, pixels: Tensor) -> Tensor:
+        """(M, ps * ps) real patches -> (M, 2 * ps * (ps // 2 + 1)): [Re | Im] of rfft2."""
+        m, ps = pixels.shape[0], math.isqrt(pixels.shape[1])
+        if self._matmul_dft(pixels.device):
+            return pixels @ _dft_pair(ps, str(pixels.device))[0]
+        spec = torch.view_as_real(torch.fft.rfft2(pixels.view(m, ps, ps))).reshape(m, -1, 2)
         return torch.cat([spec[..., 0], spec[..., 1]], 1)
 
-    def _inverse(self, mixed: Tensor, ps: int) -> Tensor:
-        """[Re | Im] of a Hermitian half spectrum -> (M, ps * ps) real patches (irfft2)."""
+    def _normalised_inverse(self, mixed: Tensor, ps: int) -> Tensor:
+        """[Re | Im] of a Hermitian half spectrum of 0..255 pixels -> (M, ps * ps) real patches
+        (irfft2), clipped to the pixel range (``official``: truncated to integers) and
+        normalised to [-1, 1]. ``mixed`` is overwritten."""
+        if self._matmul_dft(mixed.device) and not self.official:
+            mixed[:, 0] -= 127.5 * ps * ps  # the offset of the normalisation, on the DC term
+            return (mixed @ _normalising_inverse(ps, str(mixed.device))).clamp_(-1.0, 1.0)
         if self._matmul_dft(mixed.device):
-            return mixed @ _dft_pair(ps, str(mixed.device))[1]
-        half = mixed.shape[1] // 2
-        spec = torch.complex(mixed[:, :half], mixed[:, half:]).view(-1, ps, ps // 2 + 1)
-        return torch.fft.irfft2(spec, s=(ps, ps)).reshape(-1, ps * ps)
+            pixels = mixed @ _dft_pair(ps, str(mixed.device))[1]
+        else:
+            half = mixed.shape[1] // 2
+            spec = torch.complex(mixed[:, :half], mixed[:, half:]).view(-1, ps, ps // 2 + 1)
+            pixels = torch.fft.irfft2(spec, s=(ps, ps)).reshape(-1, ps * ps)
+        pixels = pixels.clamp_(0.0, 255.0)
+        if self.official:
+            pixels.floor_()  # np.uint8 of a value in [0, 255] truncates
+        return pixels.div_(127.5).sub_(1.0)
 
 
 # The 2-D DFT of a real ps x ps patch as one matrix (half spectrum, real and imaginary parts
@@ -240,3 +267,10 @@ def _dft_pair(ps: int, device: str) -> tuple[Tensor, Tensor]:
     w = w.repeat(ps)[:, None] / (ps * ps)
     inverse = torch.cat([torch.cos(theta).T * w, -torch.sin(theta).T * w], 0)  # [Re | Im] @ inverse
     return forward.float().to(device), inverse.float().to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalising_inverse(ps: int, device: str) -> Tensor:
+    """:func:`_dft_pair`'s inverse scaled by 1 / 127.5: to patches normalised to [-1, 1]
+    (x = pixels / 127.5 - 1; the offset goes on the DC term before it)."""
+    return _dft_pair(ps, device)[1] / 127.5
