@@ -415,6 +415,28 @@ def test_shaded_light_falls_on_the_lit_side_and_casts_shadows():
     assert not torch.equal(front[:, 0], front[:, 2])
 
 
+def test_facing_equals_the_turned_normals_dot_products():
+    """The renderer's n . (R^T v) (one turned-back vector per image) against the per-pixel
+    reference: every normal turned with the head, then dotted with v."""
+    from nbfacelib.data.synthetic.shading import facing, rotate_normals
+
+    g = torch.Generator().manual_seed(3)
+    nx, ny = (
+        (torch.rand(5, 16, 16, generator=g) - 0.5) * 1.2,
+        (torch.rand(5, 16, 16, generator=g) - 0.5) * 1.2,
+    )
+    n = {k: (torch.rand(5, generator=g) - 0.5) * 80 for k in ("yaw", "pitch", "roll")}
+    v = torch.nn.functional.normalize(torch.randn(2, 5, 3, generator=g), dim=2)
+    rx, ry, rz = rotate_normals(nx, ny, n)
+    for vec, got in zip(v, facing(nx, ny, v, n)):
+        want = rx * vec[:, 0, None, None] + ry * vec[:, 1, None, None] + rz * vec[:, 2, None, None]
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    # a turned normal is still a unit vector, and zero angles leave it as it was
+    torch.testing.assert_close(rx * rx + ry * ry + rz * rz, torch.ones_like(rx), atol=1e-5, rtol=0)
+    zero = {k: torch.zeros(5) for k in n}
+    assert torch.equal(rotate_normals(nx, ny, zero)[0], nx)
+
+
 def test_framing_zooms_the_face_and_pads_with_black_bars():
     ids, s = torch.arange(4), torch.zeros(4, dtype=torch.long)
     clean = {**CLEAN, "grey": 0.0, "vignette": 0.0, "gamma": 1.0, "pillarbox": 0.0}
