@@ -28,6 +28,7 @@ Everything a style adds per image is recorded (:data:`SHADED_KEYS`) and enters t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -232,7 +233,7 @@ def rotate_normals(nx, ny, n: dict[str, torch.Tensor]):
     return _turn(nx, ny, nz, n)
 
 
-def facing(nx, ny, vectors: torch.Tensor, n: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def facing(nx, ny, vectors: Sequence[torch.Tensor], n: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """``n_turned . v`` (B, S, S) for each unit vector v (B, 3) of ``vectors`` (light, half
     vector), n_turned being the frontal normals (nx, ny) turned with the head. Computed as
     ``n . (R^T v)``: each vector is turned back once per image instead of every normal per pixel
