@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from nbfacelib.machine import keep_freed_memory
+
 # Order is the order of ``nbface --help``.
 COMMAND_MODULES: list[str] = [
     # each helper module adds itself here, e.g. "nbfacelib.commands.synth"
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # a command is a process of its own: reuse freed tensors (machine.py says why)
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as exc:

@@ -85,3 +85,11 @@ def selftest_reports(tmp_path_factory) -> tuple[Path, int]:
         rc = main(["run", str(selftest), "--preset", "smoke", "--out", str(out), "-p", "n_vectors", "500"])
         rc_file.write_text(str(rc))
     return out / "smoke", int(rc_file.read_text())
+
+
+# The test process reuses freed tensors as `nbface` and the notebook kernels do
+# (nbfacelib.machine.keep_freed_memory; tests/test_machine.py checks it in child processes).
+def pytest_configure(config):
+    from nbfacelib.machine import keep_freed_memory
+
+    keep_freed_memory()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def suite(tmp_path_factory):
         "import sys, tqdm, tqdm.auto\nfrom nbfacelib.report import record, claim\n"
         "for _ in tqdm.tqdm(range(steps), desc='text bar', file=sys.stderr, mininterval=0): pass\n"
         "for _ in tqdm.auto.tqdm(range(steps), desc='widget bar', mininterval=0): pass\n"
-        "record('steps', steps)",
+        "record('steps', steps)\n"
+        "import os\nrecord('kernel_mmap_threshold', int(os.environ.get('MALLOC_MMAP_THRESHOLD_', 0)))",
         "claim('C13', 'a unit-test claim', {'steps': steps}, steps > 3)",
         params='preset = "smoke"\nseeds = [0, 1]\nsteps = 5',
     )
@@ -210,6 +212,15 @@ def test_two_jobs_give_the_verdicts_of_one(suite):
         for name in data:
             assert (run["out"] / f"{name}.html").is_file() and (run["out"] / f"{name}.ipynb").is_file()
     assert any("on GPU" not in line and "02_bars" in line for line in two["log"])
+
+
+def test_kernels_keep_freed_memory_unless_the_caller_says_otherwise(suite):
+    from nbfacelib.machine import KEEP_FREED_BYTES
+
+    _, _, runs = suite
+    expected = int(os.environ.get("MALLOC_MMAP_THRESHOLD_", KEEP_FREED_BYTES))
+    for jobs in (1, 2):
+        assert runs[jobs]["results"]["02_bars"]["metrics"]["kernel_mmap_threshold"] == expected
 
 
 def test_progress_shows_cells_and_the_notebooks_bars(suite):

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from nbfacelib.machine import keep_freed_memory_env
 from nbfacelib.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.bounds import bounds_for, check_bounds, load_bounds
 from nbfacelib.report.progress import NotebookProgress
@@ -404,6 +405,9 @@ def run_notebook(
             # the kernel draws inline even if the caller's environment says MPLBACKEND=Agg
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silence debugpy's frozen-modules warning
+            # freed tensors reused, not refaulted (nbfacelib.machine.keep_freed_memory), unless
+            # the caller's environment already says how glibc's malloc should behave
+            **{k: v for k, v in keep_freed_memory_env().items() if k not in os.environ},
             **(kernel_env or {}),
         }
         hooks: dict[str, Any] = {}
