@@ -9,7 +9,9 @@ Baseline, in the same run: what a disk-backed pipeline does per image (PIL decod
 new (e.g. Partial FC with a million classes), so the base face is drawn too. ``--stages``
 prints where the time goes (CPU time per image of each rendering stage). ``--styles`` renders
 each renderer style (``nbfacelib.data.synthetic.STYLES``) warm, interleaved with the others and
-the decoder, so that their rates compare under the same load.
+the decoder, so that their rates compare under the same load. Freed memory is kept for reuse
+(``nbfacelib.machine.keep_freed_memory``, as in ``nbface`` and its notebook kernels) unless
+``--default-malloc``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from nbfacelib.machine import describe_machine as machine
+from nbfacelib.machine import keep_freed_memory
 
 
 def _sync(device: torch.device) -> None:
@@ -189,12 +192,18 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)"
     )
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as nbface and its kernels do)",
+    )
     args = ap.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = 256 if args.quick else args.n
     device = torch.device(args.device)
-    print(f"machine: {machine()}; device {device}")
+    print(f"machine: {machine()}; device {device}; freed memory kept: {kept}")
     rounds = max(1, n // args.batch_size)
     from nbfacelib.data.synthetic import BASE_CACHE
 
