@@ -70,7 +70,7 @@ def keep_freed_memory(threshold: int = KEEP_FREED_BYTES) -> bool:
     Why: glibc serves every block over its mmap threshold (128 KiB, self-raising to at most
     32 MiB) with fresh pages from the kernel and unmaps them on free. A CPU forward pass at batch
     256 allocates such activations layer after layer, and every page of them faults in anew:
-    measured (BENCHMARKS.md, "Freed memory kept"), ir_tiny at 64 px embeds 2.2-2.7x faster and the
+    measured (BENCHMARKS.md, "Freed memory kept"), ir_tiny at 64 px embeds 2.0-2.7x faster and the
     whole cpu suite spent a quarter of its CPU time in the kernel. The cost is a resident size
     that stays at its peak. PyTorch's CPU allocator has no such switch and no well-kept library
     wraps mallopt(3), hence ctypes. ``nbface`` calls this at start-up and gives notebook kernels
