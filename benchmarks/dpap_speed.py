@@ -161,8 +161,8 @@ def dpap_timings(device: str = "cpu", batch_sizes=(128, 512), ps=(0.2, 1.0), rou
                     "official_ms": official * 1e3,
                     "speedup": official / ours,
                     "speedup_inplace": official / inplace,
-                    "floor_ms": floor_s * 1e3 if floor_s else None,
-                    "speedup_bound": official / floor_s if floor_s else None,
+                    "floor_ms": floor_s * 1e3 if floor_s is not None else None,
+                    "speedup_bound": official / floor_s if floor_s is not None else None,
                 }
             )
     return {"device": str(dev), "k": K, "rounds": rounds, "machine": describe_machine(), "rows": rows}

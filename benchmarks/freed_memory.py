@@ -74,9 +74,9 @@ MODES = ("default", "kept")
 
 
 def measure(mode: str, workload: str, threads: int) -> dict[str, float]:
-    from nbfacelib.machine import keep_freed_memory_env
+    from nbfacelib.machine import MALLOC_ENV_VARS
 
-    env = {k: v for k, v in os.environ.items() if k not in keep_freed_memory_env()}
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV_VARS}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, mode, workload, str(threads)],
         env=env,

@@ -14,6 +14,9 @@ from collections.abc import Callable
 #: Bytes below which freed memory stays in the process for reuse (see :func:`keep_freed_memory`).
 KEEP_FREED_BYTES = 1 << 30
 
+#: The variables through which glibc's malloc takes both thresholds from the environment.
+MALLOC_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
 # glibc's mallopt() parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -54,18 +57,24 @@ def best_time(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
+def malloc_set_by_environment() -> bool:
+    """Whether this process's environment already tells glibc's malloc what to keep (either
+    variable of :data:`MALLOC_ENV_VARS`): then the user's choice stands, in this process and in
+    the ones it starts."""
+    return any(name in os.environ for name in MALLOC_ENV_VARS)
+
+
 def keep_freed_memory_env(threshold: int = KEEP_FREED_BYTES) -> dict[str, str]:
     """The environment that makes glibc's malloc of a new process behave as
     :func:`keep_freed_memory` (glibc reads these variables at start-up; other C libraries
     ignore them)."""
-    return {"MALLOC_MMAP_THRESHOLD_": str(int(threshold)), "MALLOC_TRIM_THRESHOLD_": str(int(threshold))}
+    return {name: str(int(threshold)) for name in MALLOC_ENV_VARS}
 
 
 def keep_freed_memory(threshold: int = KEEP_FREED_BYTES) -> bool:
     """Make this process's malloc reuse freed blocks below ``threshold`` bytes instead of giving
     them back to the kernel. Returns False (and changes nothing) where the C library is not glibc
-    or the environment already sets either variable of :func:`keep_freed_memory_env` (the
-    user's choice stands).
+    or :func:`malloc_set_by_environment` (the user's choice stands).
 
     Why: glibc serves every block over its mmap threshold (128 KiB, self-raising to at most
     32 MiB) with fresh pages from the kernel and unmaps them on free. A CPU forward pass at batch
@@ -78,7 +87,7 @@ def keep_freed_memory(threshold: int = KEEP_FREED_BYTES) -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(name in os.environ for name in keep_freed_memory_env()):
+    if malloc_set_by_environment():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nbfacelib.machine import KEEP_FREED_BYTES, keep_freed_memory_env
+from nbfacelib.machine import KEEP_FREED_BYTES, MALLOC_ENV_VARS, keep_freed_memory_env
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
@@ -31,7 +31,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _churn(mode: str, **env: str) -> tuple[str, int]:
-    clean = {k: v for k, v in os.environ.items() if k not in keep_freed_memory_env()}
+    clean = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV_VARS}
     out = subprocess.run(
         [sys.executable, "-c", _CHURN, mode], env={**clean, **env}, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -59,3 +59,13 @@ def test_the_environment_gives_a_new_process_the_same_and_the_users_setting_stan
     # a user's own MALLOC_MMAP_THRESHOLD_ is left alone: keep_freed_memory() declines
     kept, faults = _churn("keep", MALLOC_MMAP_THRESHOLD_="131072")
     assert kept == "False" and faults > 40 * 16_000
+
+
+def test_either_variable_counts_as_the_users_setting(monkeypatch):
+    from nbfacelib.machine import malloc_set_by_environment
+
+    for name in MALLOC_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert not malloc_set_by_environment()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert malloc_set_by_environment()

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from nbfacelib.machine import keep_freed_memory_env
+from nbfacelib.machine import keep_freed_memory_env, malloc_set_by_environment
 from nbfacelib.presets import notebook_parameters, resolve_preset
 from nbfacelib.report.bounds import bounds_for, check_bounds, load_bounds
 from nbfacelib.report.progress import NotebookProgress
@@ -407,7 +407,7 @@ def run_notebook(
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",  # silence debugpy's frozen-modules warning
             # freed tensors reused, not refaulted (nbfacelib.machine.keep_freed_memory), unless
             # the caller's environment already says how glibc's malloc should behave
-            **{k: v for k, v in keep_freed_memory_env().items() if k not in os.environ},
+            **({} if malloc_set_by_environment() else keep_freed_memory_env()),
             **(kernel_env or {}),
         }
         hooks: dict[str, Any] = {}
