@@ -3,7 +3,7 @@ ORL pairs; beside it the raw-pixel calibration at ``medium`` and the warm render
 
     python benchmarks/synthetic_transfer.py [--styles flat,relief,...] [--seeds 0] [--steps 150]
         [--ids 200] [--per-id 10] [--batch-size 32] [--orl-pairs 1200] [--calibrate] [--rate]
-        [--crop-scale 0.7,1.0] [--color-jitter 0.3] [--out runs/synthetic_transfer]
+        [--crop-scale 0.7,1.0] [--color-jitter 0.3] [--scale 16] [--out runs/synthetic_transfer]
 
 The proxy (defaults: notebook 01's cpu recipe, ir_tiny at 64 px, 150 steps x 32, 200
 identities) ranks the styles cheaply; ``--preset cpu`` trains the cpu training preset instead
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--styles", default="flat,shaded")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--preset", default=None, help="train this training preset (cpu) instead of the proxy")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 150, or the preset's)")
     ap.add_argument("--ids", type=int, default=200)
     ap.add_argument("--per-id", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -49,6 +49,7 @@ def main() -> None:
         "--crop-scale", default=None, help="training augmentation: random crop area range, e.g. 0.7,1.0"
     )
     ap.add_argument("--color-jitter", type=float, default=0.0, help="training augmentation: colour jitter")
+    ap.add_argument("--scale", type=float, default=None, help="ArcFace scale s (default: the objective's 64)")
     ap.add_argument("--out", default="runs/synthetic_transfer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,15 +70,19 @@ def main() -> None:
             val=[],
             eval_every=0,
             progress=False,
-            steps=args.steps,
+            steps=args.steps or 150,
             batch_size=args.batch_size,
-            warmup_steps=max(1, args.steps // 10),
+            warmup_steps=max(1, (args.steps or 150) // 10),
             input_size=input_size,
-            log_every=max(1, args.steps // 5),
+            log_every=max(1, (args.steps or 150) // 5),
         )
+    if args.preset and args.steps:
+        base = base.replace(steps=args.steps, warmup_steps=max(1, args.steps // 10))
     if args.crop_scale or args.color_jitter:
         crop = [float(v) for v in args.crop_scale.split(",")] if args.crop_scale else None
         base = base.replace(crop_scale=crop, color_jitter=args.color_jitter)
+    if args.scale:
+        base = base.replace(loss_kwargs={**base.loss_kwargs, "s": args.scale})
     orl = ev.orl(args.orl_pairs, input_size)
     eig = ev.own_eigenfaces(orl)
     print(
