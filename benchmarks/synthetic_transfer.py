@@ -70,14 +70,12 @@ def main() -> None:
             val=[],
             eval_every=0,
             progress=False,
-            steps=args.steps or 150,
             batch_size=args.batch_size,
-            warmup_steps=max(1, (args.steps or 150) // 10),
             input_size=input_size,
-            log_every=max(1, (args.steps or 150) // 5),
         )
-    if args.preset and args.steps:
-        base = base.replace(steps=args.steps, warmup_steps=max(1, args.steps // 10))
+    if args.steps or not args.preset:
+        steps = args.steps or 150
+        base = base.replace(steps=steps, warmup_steps=max(1, steps // 10), log_every=max(1, steps // 5))
     if args.crop_scale or args.color_jitter:
         crop = [float(v) for v in args.crop_scale.split(",")] if args.crop_scale else None
         base = base.replace(crop_scale=crop, color_jitter=args.color_jitter)
