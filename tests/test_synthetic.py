@@ -456,3 +456,91 @@ def test_framing_zooms_the_face_and_pads_with_black_bars():
     assert int(barred[..., :11].max()) == 0 and int(barred[..., -11:].max()) == 0
     assert torch.equal(barred[..., 12:-12], loose[..., 12:-12])
     assert bool((n["pillarbox"] == 0.1).all())
+
+
+def test_detailed_faces_darken_the_eyes_and_brows_and_keep_the_rest():
+    """The detailed style redraws eyes (larger dark iris, lash line) and brows (darker than the
+    scalp hair): over 12 identities the eye band is darker than the shaded face's, while the
+    cheeks and chin below it stay the same pixels; every nuisance is the shaded style's."""
+    ids, s = torch.arange(12), torch.zeros(12, dtype=torch.long)
+    clean = {**CLEAN, "grey": 1.0, "vignette": 0.0, "gamma": 1.0, "light_strength": 0.0, "exposure": 1.0}
+    shaded, ns = render(ids, s, style="shaded", overrides=clean)
+    detailed, nd = render(ids, s, style="detailed", overrides=clean)
+    for k in ns:
+        assert torch.equal(ns[k], nd[k]), k
+    eye_band = (slice(None), slice(None), slice(34, 56), slice(22, 90))  # y in [-0.4, 0]
+    assert float(detailed[eye_band].float().mean()) < float(shaded[eye_band].float().mean()) - 3
+    darker = (detailed[eye_band].float().mean((1, 2, 3)) < shaded[eye_band].float().mean((1, 2, 3))).sum()
+    assert int(darker) >= 10
+    mouth_chin = (slice(None), slice(None), slice(92, 104), slice(40, 72))  # y in [0.65, 0.85]
+    hair_free = [i for i in range(12) if float(S.identity_params(ids[i : i + 1], 0)["beard_style"]) == 0]
+    assert hair_free and torch.equal(detailed[hair_free][mouth_chin], shaded[hair_free][mouth_chin])
+
+
+def test_eyeglasses_follow_the_wearer_and_sit_on_the_eyes():
+    """About 30% of identities wear clear glasses, in ~85% of their images (others in ~5%);
+    twins wear them alike; sunglasses replace them; drawing them changes the eye band only, and
+    they cost a little quality."""
+    from nbfacelib.data.synthetic.detail import WEARS_GLASSES, detail_params
+    from nbfacelib.data.synthetic.identity import twin_parent
+
+    ids = torch.arange(600).repeat_interleave(4)
+    samples = torch.arange(4).repeat(600)
+    from nbfacelib.data.synthetic.shading import style_nuisances
+
+    n = style_nuisances(S.STYLES["eyewear"], 0, ids, samples)
+    wears = detail_params(torch.arange(600), 0)["wears_glasses"] > 0
+    assert abs(float(wears.float().mean()) - WEARS_GLASSES) < 0.06
+    on = n["eyeglasses"].view(600, 4)
+    assert 0.75 < float(on[wears].mean()) < 0.95 and float(on[~wears].mean()) < 0.1
+    parent = twin_parent(torch.arange(600), 0)
+    twins = (parent >= 0).nonzero().flatten()
+    assert twins.numel() > 20 and torch.equal(wears[twins], wears[parent[twins]])
+    assert not style_nuisances(S.STYLES["detailed"], 0, ids, samples)["eyeglasses"].any()
+    # sunglasses replace clear glasses
+    _, ns = render(ids[:8], samples[:8], style="eyewear", overrides={"eyeglasses": 1.0, "occluder": 1.0})
+    assert not ns["eyeglasses"].any()
+    # drawn on the eyes: the eye band changes, the mouth and chin do not
+    k, s0 = torch.arange(6), torch.zeros(6, dtype=torch.long)
+    clean = {**CLEAN, "grey": 0.0, "vignette": 0.0, "gamma": 1.0}
+    bare, _ = render(k, s0, style="eyewear", overrides={**clean, "eyeglasses": 0.0})
+    worn, nw = render(k, s0, style="eyewear", overrides={**clean, "eyeglasses": 1.0})
+    diff = (worn.float() - bare.float()).abs()
+    assert bool((diff[..., 34:56, :].mean((1, 2, 3)) > 2).all())
+    assert float(diff[..., 90:, :].max()) == 0
+    q_bare = S.render(k, s0, style="eyewear", overrides={**clean, "eyeglasses": 0.0})[1]["quality"]
+    assert bool((nw["quality"] < q_bare).all())
+
+
+def test_cast_shadow_agrees_with_a_step_by_step_march():
+    """The renderer's one-grid_sample march against the plain loop over its steps."""
+    from torch.nn.functional import avg_pool2d, grid_sample, interpolate
+
+    from nbfacelib.data.synthetic.face import pixel_grid
+    from nbfacelib.data.synthetic.shading import _SHADOW_STEPS, cast_shadow
+
+    g = torch.Generator().manual_seed(0)
+    depth = avg_pool2d(torch.rand(5, 1, 32, 32, generator=g), 5, 1, 2)[:, 0] * 0.6
+    L = torch.nn.functional.normalize(torch.randn(5, 3, generator=g), dim=1)
+    L[:, 2] = L[:, 2].abs()
+    L[0] = torch.tensor([0.0, 0.0, 1.0])  # frontal: no shadow
+    h = 16
+    d = avg_pool2d(depth.unsqueeze(1), 2)
+    X, Y = pixel_grid(h, torch.device("cpu"))
+    want = []
+    for b in range(5):
+        lxy = float(L[b, :2].norm().clamp(min=1e-6))
+        occl = torch.zeros(h, h)
+        for t in _SHADOW_STEPS:
+            grid = torch.stack(
+                [(X + t * L[b, 0] / lxy).expand(1, h, h), (Y + t * L[b, 1] / lxy).expand(1, h, h)], -1
+            )
+            dz = grid_sample(d[b : b + 1], grid, align_corners=False, padding_mode="border")[0, 0]
+            occl = torch.maximum(occl, (dz - d[b, 0]) * 1.2 - t * L[b, 2] / lxy)
+        want.append((occl / 0.015).clamp(0, 1) * float(lxy > 0.05))
+    want = interpolate(torch.stack(want).unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+    got = cast_shadow(depth, L, 32)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert float(got[0].max()) == 0 and float(got[1:].amax()) > 0.5

@@ -36,9 +36,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--style",
         default="flat",
-        help="renderer style: flat (default, the calibrated faces) or shaded (3-D relief, shading, "
+        help="renderer style: flat (default, the calibrated faces), shaded (3-D relief, shading, "
         "cast shadows, skin texture, grey images; records specular, shadow_fraction, grey, gamma, "
-        "vignette too)",
+        "vignette too), detailed (shaded + eyes, brows, hair strands) or eyewear (detailed + clear "
+        "glasses, recorded as eyeglasses); the others of nbfacelib.data.synthetic.STYLES too",
     )
     p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
     p.add_argument(

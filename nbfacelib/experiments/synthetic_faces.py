@@ -45,6 +45,7 @@ QUALITY_FACTORS: dict[str, tuple[str, ...]] = {
     "cast shadow": ("shadow_fraction",),
     "gamma": ("gamma",),
     "vignetting": ("vignette",),
+    "eyeglasses": ("eyeglasses",),
 }
 # Nuisance values at which the formula's factor is 1 (no degradation).
 NEUTRAL = {

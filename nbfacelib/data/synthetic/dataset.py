@@ -21,7 +21,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
     ``ds[i]`` -> (uint8 (3, S, S), label); ``ds.nuisances(i)`` -> dict of floats incl. quality.
     ``style``: a name of :data:`~.shading.STYLES` (``flat``, the calibrated default, or
     ``shaded``: per-identity relief, Lambert + specular light, cast shadows, skin texture, grey
-    images).
+    images; ``eyewear``: shaded + photographic eyes, brows, hair strands and clear glasses).
     """
 
     format = "synthetic"  # what :func:`nbfacelib.data.datasets.describe` reports

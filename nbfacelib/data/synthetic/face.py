@@ -57,18 +57,29 @@ def _hair_texture(X: torch.Tensor, Y: torch.Tensor, phase: torch.Tensor) -> torc
     return 0.86 + 0.14 * torch.sin(70 * X + 9 * torch.sin(5 * Y) + per_image(phase) * 6.283)
 
 
-def render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+def render_base(
+    p: dict[str, torch.Tensor],
+    size: int,
+    detail: dict[str, torch.Tensor] | None = None,
+    strands: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Frontal, neutral face of each identity: (U, 5, S, S) float = premultiplied RGB, alpha,
-    face mask (the skin oval, used for the occluded fraction)."""
+    face mask (the skin oval, used for the occluded fraction). ``detail`` (the per-identity
+    values of :func:`~.detail.detail_params`) and ``strands`` (U, S, S) hair texture: the
+    detailed styles' eyes, brows and hair (:mod:`.detail`); None draws the flat faces."""
     U = p["face_w"].shape[0]
     dev = p["face_w"].device
     X, Y = pixel_grid(size, dev)
     px = 2.0 / size
     canvas = torch.zeros(U, 5, size, size, device=dev)
     skin, hair = p["skin"], p["hair"]
+    if detail is not None:
+        from .detail import hair_colour
+
+        hair = hair_colour(p)
     style = per_image(p["hair_style"])
     fw, fh, cy = per_image(p["face_w"]), per_image(p["face_h"]), per_image(p["face_cy"])
-    tex = _hair_texture(X, Y, p["hair_part"])
+    tex = _hair_texture(X, Y, p["hair_part"]) if strands is None else strands
     # Long hair falls behind the head and neck (styles 5 long, 6 volume).
     long_hair = ((style == 5) | (style == 6)).float()
     d_back = ((X / (fw + 0.16)) ** 2 + ((Y - cy + 0.1) / (fh + 0.14)) ** 2).sqrt() - 1
@@ -154,6 +165,10 @@ def render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
         * _soft(u.abs() - ew * 1.05, px)
     )
     _blend(canvas, lid * 0.9, skin * 0.25)
+    if detail is not None:
+        from .detail import draw_eyes
+
+        draw_eyes(canvas, X, Y, face, p, detail, (u, v, f_eye, ew, hu, hd), px)
     # Brows: arched strokes above the eyes, thinning towards the tail.
     canvas, X, Y, face = region(-0.65, 0.65, -0.55, 0.1)
     bl = per_image(p["brow_len"])
@@ -164,8 +179,12 @@ def render_base(p: dict[str, torch.Tensor], size: int) -> torch.Tensor:
         - per_image(p["brow_tilt"]) * bx * 0.3
     )
     thick = per_image(p["brow_thick"]) * (1 - 0.45 * ((bx + bl) / (2 * bl)).clamp(0, 1))
+    brow_colour = hair * 0.75
+    if detail is not None:  # darker than the scalp hair, and fuller
+        thick = thick * 1.25
+        brow_colour = hair * detail["brow_dark"][:, None]
     brow = _soft((Y - yc).abs() - thick, px) * _soft(bx.abs() - bl, px)
-    _blend(canvas, brow * 0.92, hair * 0.75)
+    _blend(canvas, brow * 0.92, brow_colour)
     # Facial hair (style 1 stubble, 2 moustache, 3 goatee, 4 full beard).
     canvas, X, Y, face = region(-1, 1, 0.0, 1.0)
     bs = per_image(p["beard_style"])

@@ -125,6 +125,7 @@ def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
     - cast shadow: 1 - 0.5 shadow_fraction  (fraction of the face oval in cast shadow)
     - gamma:       exp(-(ln gamma / 0.5)^2 / 2)
     - vignetting:  1 - 0.3 vignette
+    - eyeglasses:  1 - 0.05 eyeglasses (clear glasses: frames over the eyes, a sheen)
     - specular highlights and grey images cost nothing (a photograph has both).
 
     Smile, background and light azimuth are nuisances without a quality cost. The weights
@@ -152,4 +153,6 @@ def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
         f = f * torch.exp(-((torch.log(n["gamma"]) / 0.5) ** 2) / 2)
     if "vignette" in n:
         f = f * (1 - 0.3 * n["vignette"].clamp(0, 1))
+    if "eyeglasses" in n:
+        f = f * (1 - 0.05 * n["eyeglasses"].clamp(0, 1))
     return f.clamp(0, 1)

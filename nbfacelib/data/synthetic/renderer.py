@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from nbfacelib.data import degrade
 
+from .detail import detail_params, draw_eyeglasses, strand_texture
 from .face import draw_eyelids, draw_mouth, draw_occluders, per_image, pixel_grid, render_base
 from .identity import identity_params
 from .nuisances import (
@@ -205,7 +206,11 @@ def base_faces(
     if miss:
         mid = uniq[miss]
         p = identity_params(mid, seed)
-        base = render_base(p, size)
+        if skey and style.detail:
+            d = detail_params(mid, seed)
+            base = render_base(p, size, d, strand_texture(d, _static("noise", size, device), size))
+        else:
+            base = render_base(p, size)
         if skey and style.texture:
             tex = skin_texture(mid, seed, _static("noise", size, device), size)
             skin = base[:, 4:5]  # the face oval: texture the skin, not hair or eyes' whites
@@ -306,19 +311,22 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
     draw_mouth(canon, p, n, size)
     draw_eyelids(canon, p, n, size)
     occ = draw_occluders(canon, p, n, u, size)
+    if style.eyewear:
+        n["eyeglasses"] = n["eyeglasses"] * (n["occluder"] != 1).float()  # not under sunglasses
+        draw_eyeglasses(canon, p, identities, seed, n["eyeglasses"], size)
     face_mask = canon[:, 4]
     n["occluded"] = (occ * face_mask).sum((1, 2)) / face_mask.sum((1, 2)).clamp(min=1)
     gain = torch.stack([n["cast_r"], n["cast_g"], n["cast_b"]], 1) * n["exposure"][:, None]
     if style.relief:
-        # Pose turns this identity's own relief; its normals, turned with it, take the light.
+        # Lit in the face's frame (the light turned back by the pose), then posed: pose turns
+        # this identity's own relief, and the lit face is sampled like the flat one (4 channels).
+        lit, spec, shadow = shade(canon[:, 5:8], n, style, size)
+        canon[:, :3].mul_(lit).addcmul_(spec, canon[:, 3:4])
+        n["shadow_fraction"] = (shadow * face_mask).sum((1, 2)) / face_mask.sum((1, 2)).clamp(min=1)
         framed = {**n, "scale": n["scale"] * n["zoom"]}  # a tighter crop: the face drawn larger
         grid = pose_grid(framed, size, device, depth=canon[:, 5] * 1.2)
-        posed = F.grid_sample(canon, grid, align_corners=False)
-        rgba = posed[:, :4]
-        lit, spec, shadow = shade(posed[:, 5:8], n, style, size)
-        img = (rgba[:, :3] * lit).addcmul_(spec, rgba[:, 3:4]).mul_(gain[:, :, None, None])
-        mask = posed[:, 4]
-        n["shadow_fraction"] = (shadow * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+        rgba = F.grid_sample(canon[:, :4], grid, align_corners=False)
+        img = rgba[:, :3].mul_(gain[:, :, None, None])
     else:
         # Pose + alignment jitter: one grid_sample of premultiplied RGBA.
         rgba = F.grid_sample(canon[:, :4], pose_grid(n, size, device), align_corners=False)
