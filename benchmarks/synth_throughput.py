@@ -209,6 +209,9 @@ def main() -> None:
 
     BASE_CACHE.clear()
     styles = args.styles.split(",")
+    # Every style caches its own base faces (uint8, 5 channels, 8 with relief): room for the 1,000
+    # warm identities of each, or interleaved styles evict each other and "warm" is partly cold.
+    BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, len(styles) * 1000 * 8 * args.size**2 * 5 // 4)
     jobs = {
         ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(
             args.batch_size, device, args.size, args.difficulty, warm=True, style=s
