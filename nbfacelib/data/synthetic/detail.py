@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import _blend, _soft, per_image, pixel_grid
-from .hashing import uniforms
+from .identity import identity_uniforms
 
 WEARS_GLASSES = 0.3  # fraction of identities who wear glasses
 GLASSES_ON = (0.85, 0.05)  # P(glasses in an image) for a wearer, a non-wearer
@@ -35,16 +35,7 @@ _DETAIL_STREAMS = 12
 def detail_params(identities: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Per-identity detail values (from hash domain 6; near twins take their partner's, nudged
     like their other parameters)."""
-    from .identity import TWIN_EPS, twin_parent
-
-    u = uniforms(seed, [identities.long()], _DETAIL_STREAMS, domain=6)
-    parent = twin_parent(identities.long(), seed)
-    twin = parent >= 0
-    if bool(twin.any()):
-        up = uniforms(seed, [parent.clamp(min=0)], _DETAIL_STREAMS, domain=6)
-        near = (up + TWIN_EPS * (u - 0.5)).clamp(0.001, 0.999)
-        near[:, 5] = up[:, 5]  # a twin wears glasses when the partner does
-        u = torch.where(twin[:, None], near, u)
+    u = identity_uniforms(identities, seed, _DETAIL_STREAMS, 6, copied=[5])  # 5: wears glasses
 
     def lin(j, lo, hi):
         return lo + (hi - lo) * u[:, j]

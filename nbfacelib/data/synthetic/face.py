@@ -74,7 +74,7 @@ def render_base(
     canvas = torch.zeros(U, 5, size, size, device=dev)
     skin, hair = p["skin"], p["hair"]
     if detail is not None:
-        from .detail import hair_colour
+        from .detail import hair_colour  # here, not at the top: detail draws with this module's helpers
 
         hair = hair_colour(p)
     style = per_image(p["hair_style"])

@@ -39,6 +39,25 @@ def twin_parent(identities: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.where(flag & (identities % 2 == 1), identities - 1, torch.full_like(identities, -1))
 
 
+def identity_uniforms(
+    identities: torch.Tensor, seed: int, n: int, domain: int, copied: list[int] | tuple[int, ...] = ()
+) -> torch.Tensor:
+    """(U, n) uniforms of each identity from hash ``domain``; a near twin takes its partner's,
+    nudged by ``TWIN_EPS`` (the streams in ``copied`` exactly: categorical choices). Every
+    per-identity draw goes through here (parameters, relief, detail), so twins stay twins."""
+    identities = identities.long()
+    u = uniforms(seed, [identities], n, domain=domain)
+    parent = twin_parent(identities, seed)
+    twin = parent >= 0
+    if bool(twin.any()):
+        up = uniforms(seed, [parent.clamp(min=0)], n, domain=domain)
+        near = (up + TWIN_EPS * (u - 0.5)).clamp(0.001, 0.999)
+        if copied:
+            near[:, list(copied)] = up[:, list(copied)]
+        u = torch.where(twin[:, None], near, u)
+    return u
+
+
 def check_identity_offset(offset: int) -> int:
     """``offset`` as an int, if it is a valid first identity of a split: an even integer >= 0.
 
@@ -75,17 +94,7 @@ def identity_params(identities: torch.Tensor, seed: int) -> dict[str, torch.Tens
     """Physical parameters of each identity (face frame: x right, y down, both in [-1, 1]
     across the image; the ArcFace 112x112 template puts the eyes at y ~ -0.08 and the mouth
     at y ~ 0.65)."""
-    identities = identities.long()
-    u = uniforms(seed, [identities], _ID_STREAMS, domain=1)
-    parent = twin_parent(identities, seed)
-    is_twin = parent >= 0
-    if bool(is_twin.any()):
-        up = uniforms(seed, [parent.clamp(min=0)], _ID_STREAMS, domain=1)
-        cont = (up + TWIN_EPS * (u - 0.5)).clamp(0.001, 0.999)
-        cat = torch.zeros(_ID_STREAMS, dtype=torch.bool, device=u.device)
-        cat[_CATEGORICAL] = True
-        twin_u = torch.where(cat[None], up, cont)
-        u = torch.where(is_twin[:, None], twin_u, u)
+    u = identity_uniforms(identities, seed, _ID_STREAMS, 1, _CATEGORICAL)
 
     def lin(j: int, lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * u[:, j]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .face import per_image, pixel_grid
 from .hashing import uniforms
+from .identity import identity_uniforms
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,7 @@ def style_nuisances(
 def shape_params(p: dict[str, torch.Tensor], identities: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Relief amplitudes of each identity (face units), from its own hash domain; near twins
     take their partner's values nudged like their other parameters."""
-    from .identity import TWIN_EPS, twin_parent
-
-    u = uniforms(seed, [identities.long()], 8, domain=4)
-    parent = twin_parent(identities.long(), seed)
-    twin = parent >= 0
-    if bool(twin.any()):
-        up = uniforms(seed, [parent.clamp(min=0)], 8, domain=4)
-        u = torch.where(twin[:, None], (up + TWIN_EPS * (u - 0.5)).clamp(0.001, 0.999), u)
+    u = identity_uniforms(identities, seed, 8, 4)
 
     def lin(j, lo, hi):
         return lo + (hi - lo) * u[:, j]
