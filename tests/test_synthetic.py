@@ -510,6 +510,8 @@ def test_eyeglasses_follow_the_wearer_and_sit_on_the_eyes():
     assert float(diff[..., 90:, :].max()) == 0
     q_bare = S.render(k, s0, style="eyewear", overrides={**clean, "eyeglasses": 0.0})[1]["quality"]
     assert bool((nw["quality"] < q_bare).all())
+    with pytest.raises(ValueError, match="eyeglasses.*eyewear"):
+        render(k, s0, style="detailed", overrides={"eyeglasses": 1.0})
 
 
 def test_cast_shadow_agrees_with_a_step_by_step_march():

@@ -274,6 +274,8 @@ def render(
         known = NUISANCE_KEYS if style.flat else NUISANCE_KEYS + SHADED_KEYS
         if k not in known or k in ("quality", "occluded", "shadow_fraction"):
             raise ValueError(f"overrides: unknown or derived nuisance {k!r}")
+        if k == "eyeglasses" and not style.eyewear:  # recorded, priced, but never drawn
+            raise ValueError(f"overrides: 'eyeglasses' needs a style with eyewear, not {style.name!r}")
         ov[k] = torch.as_tensor(v, dtype=torch.float32).to(device).reshape(-1).expand(B).clone()
     if B == 0:
         n = sample_nuisances(seed, identities, samples, difficulty)
