@@ -4,7 +4,8 @@ and clear eyeglasses.
 Why: next to ORL's photographs (BENCHMARKS.md, the contact sheet of notebook 00) the shaded
 faces have pale, tiny eyes, faint brows matching the scalp's colour, and hair as regular
 stripes; at 64 px in grey a real face's eye region is a dark band (brows, lashes, iris,
-sockets), and a quarter of ORL's people wear clear glasses, which no synthetic face wore.
+sockets), and 13 of ORL's 40 people wear clear glasses in their first image (counted by eye),
+which no synthetic face wore.
 
 - **eyes** (:func:`draw_eyes`): a larger, darker iris, a dark upper lash line, a lid crease,
   and a sclera a little darker than paper white;
