@@ -74,7 +74,7 @@ def strand_texture(d: dict[str, torch.Tensor], bank: torch.Tensor, size: int) ->
     return t.clamp_(0.6, 1.25)
 
 
-def draw_eyes(canvas, X, Y, face, p, d, eye_geometry, px: float) -> None:
+def draw_eyes(canvas, face, p, d, eye_geometry, px: float) -> None:
     """Over the base face's eyes (in place, on the eye region's view ``canvas``): sclera toned
     down, a larger and darker iris, the upper lash line and the lid crease."""
     u, v, f_eye, ew, hu, hd = eye_geometry

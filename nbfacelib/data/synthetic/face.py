@@ -168,7 +168,7 @@ def render_base(
     if detail is not None:
         from .detail import draw_eyes
 
-        draw_eyes(canvas, X, Y, face, p, detail, (u, v, f_eye, ew, hu, hd), px)
+        draw_eyes(canvas, face, p, detail, (u, v, f_eye, ew, hu, hd), px)
     # Brows: arched strokes above the eyes, thinning towards the tail.
     canvas, X, Y, face = region(-0.65, 0.65, -0.55, 0.1)
     bl = per_image(p["brow_len"])
