@@ -546,3 +546,86 @@ def test_cast_shadow_agrees_with_a_step_by_step_march():
     got = cast_shadow(depth, L, 32)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert float(got[0].max()) == 0 and float(got[1:].amax()) > 0.5
+
+
+def test_hair_varies_its_outline_hairline_and_ear_cover():
+    """The hair style's factors do what they say: ~8% bald and ~25% fringes, shared by near
+    twins; a fringe covers the forehead that others show; long hair covers the ears that short
+    hair leaves bare; the volume's height lies on the head, never under the skin."""
+    from nbfacelib.data.synthetic.face import _face_oval, pixel_grid
+    from nbfacelib.data.synthetic.hair import BALD, FRINGE, hair_layers, hair_params, with_hair_height
+    from nbfacelib.data.synthetic.identity import identity_params, twin_parent
+    from nbfacelib.data.synthetic.renderer import _static
+
+    ids = torch.arange(1000)
+    h = hair_params(ids, 0)
+    assert abs(float(h["bald"].mean()) - BALD) < 0.03 and abs(float(h["fringe"].mean()) - FRINGE) < 0.05
+    parent = twin_parent(ids, 0)
+    twins = (parent >= 0).nonzero().flatten()
+    for k in ("bald", "fringe"):
+        assert torch.equal(h[k][twins], h[k][parent[twins]]), k
+    size = 112
+    p = identity_params(ids[:300], 0)
+    h = {k: v[:300] for k, v in h.items()}
+    X, Y = pixel_grid(size, torch.device("cpu"))
+    layers = hair_layers(p, h, _face_oval(p, X, Y), X, Y, _static("noise", size, torch.device("cpu")), size)
+
+    def at(layer, x, y):  # (U,) coverage at face-unit points x, y (U,)
+        col = ((x + 1) / 2 * size).long().clamp(0, size - 1)
+        row = ((y + 1) / 2 * size).long().clamp(0, size - 1)
+        return layer[torch.arange(len(x)), row, col]
+
+    hairy = h["bald"] == 0
+    forehead = at(layers.front, torch.zeros(300), p["eye_y"] - p["brow_gap"] - 0.12)
+    fringe = (h["fringe"] > 0) & hairy & (h["fringe_depth"] > 0.8)
+    bare = (h["fringe"] == 0) & (h["hairline"] > 0.7) & (h["peak"] < 0.03) & (h["sweep"] < 0.05)
+    assert fringe.sum() > 10 and bare.sum() > 20
+    assert float(forehead[fringe].mean()) > 0.8 and float(forehead[bare].max()) < 0.05
+    ear_y = p["eye_y"] + p["ear_y"] + 0.12
+    ear = at(layers.front, p["face_w"] * 0.97 + p["ear_s"] * 0.4, ear_y)
+    end = p["face_cy"] + h["length"]
+    covered = hairy & (end > ear_y + 0.1) & (h["side"] > p["ear_s"] * 0.6)  # wide enough to hide it
+    short = end < ear_y - 0.1
+    assert covered.sum() > 20 and short.sum() > 20
+    assert float(ear[covered].mean()) > 0.9 and float(ear[short].max()) < 0.05
+    # the silhouettes differ: the hair's area above the eyes spreads widely over identities
+    area = layers.front[hairy][:, : size // 2].mean((1, 2))
+    assert float(area.std() / area.mean()) > 0.3
+    z = torch.rand(300, size, size) * 0.6
+    zh = with_hair_height(z, layers)
+    assert bool((zh >= z).all())
+    none = (layers.front == 0) & (layers.back == 0)
+    assert torch.equal(zh[none], z[none]) and bool((zh > z + 0.01).any())
+    with pytest.raises(ValueError, match="hair is drawn with the detailed"):
+        S.Style("x", relief=True, hair=True)
+
+
+def test_haircuts_change_the_cut_not_the_person():
+    """``haircuts``: about a quarter of an identity's images show its other haircut (recorded as
+    ``haircut``); the other cut changes length, fringe, parting and volume, never the colour,
+    curl, baldness or hairline; the override is refused where no haircut is drawn."""
+    from nbfacelib.data.synthetic.hair import OTHER_CUT, hair_params
+    from nbfacelib.data.synthetic.shading import style_nuisances
+
+    ids, samples = torch.arange(400).repeat_interleave(5), torch.arange(5).repeat(400)
+    n = style_nuisances(S.STYLES["haircuts"], 0, ids, samples)
+    assert abs(float(n["haircut"].mean()) - OTHER_CUT) < 0.04
+    assert not style_nuisances(S.STYLES["hair"], 0, ids, samples)["haircut"].any()
+    k = torch.arange(200)
+    own, other = hair_params(k, 0), hair_params(k, 0, torch.ones(200))
+    for key in ("bald", "curl", "recession", "peak", "hairline", "field", "contrast", "sheen"):
+        assert torch.equal(own[key], other[key]), key
+    for key in ("length", "top", "side", "part"):
+        assert float((own[key] - other[key]).abs().mean()) > 0.02, key
+    assert torch.equal(hair_params(k, 0, torch.zeros(200))["length"], own["length"])
+    s0 = torch.zeros(12, dtype=torch.long)
+    clean = {**CLEAN, "grey": 1.0, "vignette": 0.0, "gamma": 1.0}
+    a, _ = render(k[:12], s0, style="haircuts", overrides={**clean, "haircut": 0.0})
+    b, nb = render(k[:12], s0, style="haircuts", overrides={**clean, "haircut": 1.0})
+    changed = ((a.float() - b.float()).abs().mean((1, 2, 3)) > 0.5).sum()
+    assert int(changed) >= 9 and bool((nb["haircut"] == 1).all())
+    assert torch.equal(a, render(k[:12], s0, style="hair", overrides=clean)[0])  # cut 0: the hair style
+    with pytest.raises(ValueError, match="haircut.*haircuts"):
+        render(k[:2], s0[:2], style="hair", overrides={"haircut": 1.0})
+    with pytest.raises(ValueError, match="haircuts need hair"):
+        S.Style("x", haircuts=True)

@@ -38,8 +38,11 @@ def register(subparsers) -> None:
         default="flat",
         help="renderer style: flat (default, the calibrated faces), shaded (3-D relief, shading, "
         "cast shadows, skin texture, grey images; records specular, shadow_fraction, grey, gamma, "
-        "vignette too), detailed (shaded + eyes, brows, hair strands) or eyewear (detailed + clear "
-        "glasses, recorded as eyeglasses); the others of nbfacelib.data.synthetic.STYLES too",
+        "vignette too), detailed (shaded + eyes, brows, hair strands), eyewear (detailed + clear "
+        "glasses, recorded as eyeglasses) or hair (eyewear + hair as a volume: varied outline, "
+        "hairline, fringe, length over the ears) or haircuts (hair + a quarter of each person's "
+        "images in their other haircut, recorded as haircut); the others of "
+        "nbfacelib.data.synthetic.STYLES too",
     )
     p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
     p.add_argument(

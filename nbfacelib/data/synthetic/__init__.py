@@ -9,8 +9,10 @@ order, and nothing is stored. The package, in the order data flows:
 - :mod:`.nuisances`: per-image pose, expression, light, occluder, blur, noise, resolution and
   JPEG, and the ground-truth quality in [0, 1] they imply;
 - :mod:`.shading`: render styles: ``flat`` (the default) and ``shaded`` (per-identity relief,
-  Lambert + specular light, cast shadows, skin texture, grey images), up to ``eyewear``;
+  Lambert + specular light, cast shadows, skin texture, grey images), up to ``haircuts``;
 - :mod:`.detail`: the ``detailed`` styles' eyes, brows, hair strands and clear eyeglasses;
+- :mod:`.hair`: the ``hair`` styles' hair as a volume (outline, hairline, length, texture) and
+  each person's second haircut;
 - :mod:`.face`: drawing an identity's frontal face and the per-image overlays in its frame;
 - :mod:`.renderer`: pose, scene, camera degradations and the base-face cache: :func:`render`;
 - :mod:`.dataset`: :class:`SyntheticFaces`, the torch Dataset.

@@ -21,7 +21,9 @@ class SyntheticFaces(torch.utils.data.Dataset):
     ``ds[i]`` -> (uint8 (3, S, S), label); ``ds.nuisances(i)`` -> dict of floats incl. quality.
     ``style``: a name of :data:`~.shading.STYLES` (``flat``, the calibrated default, or
     ``shaded``: per-identity relief, Lambert + specular light, cast shadows, skin texture, grey
-    images; ``eyewear``: shaded + photographic eyes, brows, hair strands and clear glasses).
+    images; ``eyewear``: shaded + photographic eyes, brows, hair strands and clear glasses;
+    ``hair``: eyewear + hair as a volume of varied outline, hairline and length; ``haircuts``:
+    hair + each person's other haircut in a quarter of their images).
     """
 
     format = "synthetic"  # what :func:`nbfacelib.data.datasets.describe` reports

@@ -11,10 +11,14 @@ mouth at y ~ 0.65).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from .nuisances import OCCLUDERS
+
+if TYPE_CHECKING:
+    from .hair import HairLayers
 
 # --------------------------------------------------------------------------------------------
 
@@ -62,11 +66,14 @@ def render_base(
     size: int,
     detail: dict[str, torch.Tensor] | None = None,
     strands: torch.Tensor | None = None,
+    hair_layers: HairLayers | None = None,
 ) -> torch.Tensor:
     """Frontal, neutral face of each identity: (U, 5, S, S) float = premultiplied RGB, alpha,
     face mask (the skin oval, used for the occluded fraction). ``detail`` (the per-identity
     values of :func:`~.detail.detail_params`) and ``strands`` (U, S, S) hair texture: the
-    detailed styles' eyes, brows and hair (:mod:`.detail`); None draws the flat faces."""
+    detailed styles' eyes, brows and hair (:mod:`.detail`); None draws the flat faces.
+    ``hair_layers`` (:class:`~.hair.HairLayers`): the ``hair`` style's volume, drawn instead of the
+    caps of the eight hair styles."""
     U = p["face_w"].shape[0]
     dev = p["face_w"].device
     X, Y = pixel_grid(size, dev)
@@ -81,10 +88,13 @@ def render_base(
     fw, fh, cy = per_image(p["face_w"]), per_image(p["face_h"]), per_image(p["face_cy"])
     tex = _hair_texture(X, Y, p["hair_part"]) if strands is None else strands
     # Long hair falls behind the head and neck (styles 5 long, 6 volume).
-    long_hair = ((style == 5) | (style == 6)).float()
-    d_back = ((X / (fw + 0.16)) ** 2 + ((Y - cy + 0.1) / (fh + 0.14)) ** 2).sqrt() - 1
-    d_back = torch.maximum(d_back, Y - (cy + 0.55 + 0.25 * (style == 5).float()))
-    _blend(canvas, _soft(d_back * 0.7, px) * long_hair, hair[:, :, None, None] * 0.8 * tex.unsqueeze(1))
+    if hair_layers is None:
+        long_hair = ((style == 5) | (style == 6)).float()
+        d_back = ((X / (fw + 0.16)) ** 2 + ((Y - cy + 0.1) / (fh + 0.14)) ** 2).sqrt() - 1
+        d_back = torch.maximum(d_back, Y - (cy + 0.55 + 0.25 * (style == 5).float()))
+        _blend(canvas, _soft(d_back * 0.7, px) * long_hair, hair[:, :, None, None] * 0.8 * tex.unsqueeze(1))
+    else:
+        _blend(canvas, hair_layers.back, hair[:, :, None, None] * 0.7 * hair_layers.tone.unsqueeze(1))
     # Neck and shoulders.
     d_neck = torch.maximum(X.abs() - per_image(p["neck_w"]) * fw, cy + 0.2 - Y)
     _blend(canvas, _soft(d_neck, px), skin * 0.78)
@@ -202,6 +212,10 @@ def render_base(
     fa = torch.maximum(torch.maximum(stubble, mous), torch.maximum(goat * dens, full * dens)) * btex
     _blend(canvas, fa.clamp(0, 1), hair * 0.8)
     canvas, X, Y, face = whole
+    if hair_layers is not None:  # the hair style's volume (:mod:`.hair`)
+        _blend(canvas, hair_layers.crown * (1 - hair_layers.front), skin * 0.95)
+        _blend(canvas, hair_layers.front, hair[:, :, None, None] * hair_layers.tone.unsqueeze(1))
+        return canvas
     # Scalp hair: inside an enlarged head outline, above the hairline (and down the sides for
     # the styles that have them). Styles: 0 bald, 1 buzz, 2 short, 3 side part, 4 fringe,
     # 5 long, 6 volume, 7 receding.

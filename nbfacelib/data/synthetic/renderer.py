@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from nbfacelib.data import degrade
 
 from .detail import detail_params, draw_eyeglasses, strand_texture
-from .face import draw_eyelids, draw_mouth, draw_occluders, per_image, pixel_grid, render_base
+from .face import _face_oval, draw_eyelids, draw_mouth, draw_occluders, per_image, pixel_grid, render_base
+from .hair import hair_layers, hair_params, with_hair_height
 from .identity import identity_params
 from .nuisances import (
     NUISANCE_KEYS,
@@ -191,24 +192,39 @@ BASE_CACHE = _LRU(max_bytes=int(os.environ.get("NBFACELIB_SYNTH_CACHE_MB", "256"
 
 
 def base_faces(
-    seed: int, identities: torch.Tensor, size: int, device, style: Style | None = None
+    seed: int,
+    identities: torch.Tensor,
+    size: int,
+    device,
+    style: Style | None = None,
+    haircut: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, 5, S, S) float frontal faces for the identities, from the cache or rendered. A
     style with relief adds 3 channels (height, normal x, y: :func:`~.shading.relief_channels`);
-    one with texture multiplies the skin by its albedo texture."""
-    uniq, inv = torch.unique(identities, return_inverse=True)
-    ids = uniq.tolist()
+    one with texture multiplies the skin by its albedo texture. ``haircut`` (B,) 0/1, for a
+    style with hair: which of its two haircuts each face wears (each cached apart)."""
+    hair = style is not None and style.hair
+    cut = haircut.long() if hair and haircut is not None else torch.zeros_like(identities)
+    uniq, inv = torch.unique(identities * 2 + cut, return_inverse=True)  # (identity, haircut)
+    ids, cuts = (uniq // 2).tolist(), (uniq % 2).tolist()
     dkey = str(device)
-    # the flat faces keep their cache key; any other style's faces are cached apart
+    # the flat faces keep their cache key; any other style's faces are cached apart, and the
+    # hair style's by haircut too
     skey = () if style is None or style.flat else (style,)
-    got = [BASE_CACHE.get((seed, i, size, dkey, *skey)) for i in ids]
+    keys = [(seed, i, size, dkey, *skey, *((c,) if hair else ())) for i, c in zip(ids, cuts)]
+    got = [BASE_CACHE.get(k) for k in keys]
     miss = [j for j, g in enumerate(got) if g is None]
     if miss:
-        mid = uniq[miss]
+        mid = uniq[miss] // 2
         p = identity_params(mid, seed)
+        layers = None
+        if hair:
+            X, Y = pixel_grid(size, device)
+            h = hair_params(mid, seed, uniq[miss] % 2)
+            layers = hair_layers(p, h, _face_oval(p, X, Y), X, Y, _static("noise", size, device), size)
         if skey and style.detail:
             d = detail_params(mid, seed)
-            base = render_base(p, size, d, strand_texture(d, _static("noise", size, device), size))
+            base = render_base(p, size, d, strand_texture(d, _static("noise", size, device), size), layers)
         else:
             base = render_base(p, size)
         if skey and style.texture:
@@ -216,13 +232,14 @@ def base_faces(
             skin = base[:, 4:5]  # the face oval: texture the skin, not hair or eyes' whites
             base[:, :3] *= 1 + (tex - 1) * skin
         if skey and style.relief:
-            base = torch.cat(
-                [base, relief_channels(height_field(p, shape_params(p, mid, seed), size), size)], 1
-            )
+            z = height_field(p, shape_params(p, mid, seed), size)
+            if layers is not None:
+                z = with_hair_height(z, layers)
+            base = torch.cat([base, relief_channels(z, size)], 1)
         base = base.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
         for j, b in zip(miss, base):
             got[j] = b
-            BASE_CACHE.put((seed, ids[j], size, dkey, *skey), b)
+            BASE_CACHE.put(keys[j], b)
     stack = torch.stack(got)
     return stack.index_select(0, inv.to(stack.device)).float().div_(255)
 
@@ -276,6 +293,8 @@ def render(
             raise ValueError(f"overrides: unknown or derived nuisance {k!r}")
         if k == "eyeglasses" and not style.eyewear:  # recorded, priced, but never drawn
             raise ValueError(f"overrides: 'eyeglasses' needs a style with eyewear, not {style.name!r}")
+        if k == "haircut" and not style.haircuts:
+            raise ValueError(f"overrides: 'haircut' needs a style with haircuts, not {style.name!r}")
         ov[k] = torch.as_tensor(v, dtype=torch.float32).to(device).reshape(-1).expand(B).clone()
     if B == 0:
         n = sample_nuisances(seed, identities, samples, difficulty)
@@ -308,7 +327,7 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
     n.update(style_nuisances(style, seed, identities, samples))
     n.update(overrides)
     p = identity_params(identities, seed)
-    canon = base_faces(seed, identities, size, device, style)
+    canon = base_faces(seed, identities, size, device, style, n.get("haircut"))
     # Expression and occluders, in the face frame so that they turn with the head.
     draw_mouth(canon, p, n, size)
     draw_eyelids(canon, p, n, size)

@@ -17,6 +17,8 @@ photograph is lit:
   fixed noise fields windowed per identity;
 - **camera** (:func:`camera`): grey images (ORL, many CCTV and older photographs are grey),
   gamma and vignetting;
+- **hair** (:mod:`.hair`): hair as a volume with its own height, outline, hairline, fringe and
+  length (covering the ears or not), instead of the flat faces' eight caps;
 - **framing**: crops as tight as a photograph's (a zoom of 1 - 1.45, the face filling the
   frame) and pillarbox bars (a non-square photograph padded to square, as the folder reader
   pads ORL's 92x112 images).
@@ -48,7 +50,9 @@ class Style:
     specular); ``shadows``: cast shadows from the relief (needs ``relief``); ``texture``: skin
     albedo at two scales; ``grey``: probability that an image is grey; ``camera``: gamma and
     vignetting nuisances; ``framing``: zoom and pillarbox nuisances; ``detail``: eyes, brows
-    and hair strands of :mod:`.detail`; ``eyewear``: clear eyeglasses (:mod:`.detail`)."""
+    and hair strands of :mod:`.detail`; ``eyewear``: clear eyeglasses (:mod:`.detail`); ``hair``:
+    hair as a volume of varied outline, hairline and length (:mod:`.hair`); ``haircuts``: a
+    quarter of an identity's images show its other haircut (recorded as ``haircut``)."""
 
     name: str
     relief: bool = False
@@ -59,10 +63,16 @@ class Style:
     framing: bool = False
     detail: bool = False
     eyewear: bool = False
+    hair: bool = False
+    haircuts: bool = False
 
     def __post_init__(self) -> None:
         if self.shadows and not self.relief:
             raise ValueError(f"style {self.name!r}: shadows need relief")
+        if self.hair and not self.detail:
+            raise ValueError(f"style {self.name!r}: hair is drawn with the detailed faces (detail=True)")
+        if self.haircuts and not self.hair:
+            raise ValueError(f"style {self.name!r}: haircuts need hair")
         if not 0.0 <= self.grey <= 1.0:
             raise ValueError(f"style {self.name!r}: grey={self.grey!r} must be a probability")
 
@@ -76,11 +86,13 @@ class Style:
             or self.framing
             or self.detail
             or self.eyewear
+            or self.hair
         )
 
 
 # The ablation ladder: each style adds one part to the one before it (``framed`` to
-# ``shaded``; ``detailed`` also builds on ``shaded``, without the framing, and ``eyewear`` on it).
+# ``shaded``; ``detailed`` also builds on ``shaded``, without the framing, ``eyewear`` on it, and
+# ``hair`` on ``eyewear``, ``haircuts`` on ``hair``).
 STYLES: dict[str, Style] = {
     "flat": Style("flat"),
     "relief": Style("relief", relief=True),
@@ -94,6 +106,29 @@ STYLES: dict[str, Style] = {
     "eyewear": Style(
         "eyewear", relief=True, shadows=True, texture=True, grey=0.5, camera=True, detail=True, eyewear=True
     ),
+    "hair": Style(
+        "hair",
+        relief=True,
+        shadows=True,
+        texture=True,
+        grey=0.5,
+        camera=True,
+        detail=True,
+        eyewear=True,
+        hair=True,
+    ),
+    "haircuts": Style(
+        "haircuts",
+        relief=True,
+        shadows=True,
+        texture=True,
+        grey=0.5,
+        camera=True,
+        detail=True,
+        eyewear=True,
+        hair=True,
+        haircuts=True,
+    ),
 }
 # Per-image nuisances a non-flat style records (besides NUISANCE_KEYS):
 #   specular       strength of the specular highlight (0 .. 0.35), relief only
@@ -104,8 +139,11 @@ STYLES: dict[str, Style] = {
 #   zoom           crop tightness: the face is drawn zoom times larger (1 .. 1.45; 1 unless framing)
 #   pillarbox      width of each black side bar, fraction of the image width (0, or 0.06 .. 0.12)
 #   eyeglasses     1 if the face wears clear eyeglasses (never with sunglasses), eyewear only
-SHADED_KEYS = ("specular", "shadow_fraction", "grey", "gamma", "vignette", "zoom", "pillarbox", "eyeglasses")
-_STYLE_STREAMS = 9  # per-image uniforms of a style, hashed apart from the flat renderer's
+#   haircut        1 if the image shows the identity's other haircut (haircuts only; .hair.OTHER_CUT)
+SHADED_KEYS = (
+    "specular", "shadow_fraction", "grey", "gamma", "vignette", "zoom", "pillarbox", "eyeglasses", "haircut"
+)  # fmt: skip
+_STYLE_STREAMS = 10  # per-image uniforms of a style, hashed apart from the flat renderer's
 
 
 def check_style(style: str | Style) -> Style:
@@ -143,6 +181,10 @@ def style_nuisances(
 
         wears = detail_params(identities, seed)["wears_glasses"] > 0
         n["eyeglasses"] = (u[:, 8] < torch.where(wears, GLASSES_ON[0], GLASSES_ON[1])).float()
+    if style.haircuts:
+        from .hair import OTHER_CUT
+
+        n["haircut"] = (u[:, 9] < OTHER_CUT).float()
     return n
 
 
