@@ -60,12 +60,20 @@ class Renderer:
         self.next_id = 10**6
         self.warm_ids = warm_ids
         self.style = style
-        if warm:  # (each style's base faces are cached under their own key)
+        if warm:  # (each style's base faces are cached under their own key; both haircuts)
+            cuts = (0.0, 1.0) if S.STYLES[style].haircuts else (None,)
             for i in range(0, warm_ids, batch):
                 ids = torch.arange(i, min(i + batch, warm_ids))
-                S.render(
-                    ids, torch.zeros_like(ids), size=size, difficulty=difficulty, device=device, style=style
-                )
+                for cut in cuts:
+                    S.render(
+                        ids,
+                        torch.zeros_like(ids),
+                        size=size,
+                        difficulty=difficulty,
+                        device=device,
+                        style=style,
+                        overrides=None if cut is None else {"haircut": cut},
+                    )
 
     def __call__(self) -> float:
         b = self.batch
@@ -205,13 +213,16 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {machine()}; device {device}; freed memory kept: {kept}")
     rounds = max(1, n // args.batch_size)
+    from nbfacelib.data import synthetic as S
     from nbfacelib.data.synthetic import BASE_CACHE
 
     BASE_CACHE.clear()
     styles = args.styles.split(",")
     # Every style caches its own base faces (uint8, 5 channels, 8 with relief): room for the 1,000
     # warm identities of each, or interleaved styles evict each other and "warm" is partly cold.
-    BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, len(styles) * 1000 * 8 * args.size**2 * 5 // 4)
+    # (a style with haircuts caches two faces per identity)
+    faces = sum(2 if S.STYLES[s].haircuts else 1 for s in styles)
+    BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, faces * 1000 * 8 * args.size**2 * 5 // 4)
     jobs = {
         ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(
             args.batch_size, device, args.size, args.difficulty, warm=True, style=s

@@ -30,3 +30,23 @@ def test_d1_rule_needs_the_margin_over_eigenfaces_on_every_seed():
     short = rule.judge(sf.d1_data("shaded", 0.05, {0: 0.89, 1: 0.895, 2: 0.9}, 0.86))  # beats it, not by 5
     one = rule.judge(sf.d1_data("shaded", 0.05, {0: 0.99}, 0.86))
     assert (held.holds, short.holds, one.holds) == (True, False, None)
+
+
+def test_face_explorer_toggles_glasses_and_haircut_where_a_style_draws_them():
+    """The sliders' figure: ``eyeglasses`` changes the eyewear panels, ``haircut`` only the
+    panel of a style with haircuts; the flat panel never moves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def panels(**kw):
+        fig = sf.face_explorer(identity=3, styles=("flat", "eyewear", "haircuts"), **kw)
+        out = [np.asarray(ax.images[0].get_array()).copy() for ax in fig.axes if ax.images]
+        plt.close(fig)
+        return out
+
+    base, glasses, cut = panels(), panels(eyeglasses=True), panels(haircut=True)
+    assert np.array_equal(base[0], glasses[0]) and np.array_equal(base[0], cut[0])
+    assert not np.array_equal(base[1], glasses[1]) and not np.array_equal(base[2], glasses[2])
+    assert np.array_equal(base[1], cut[1]) and not np.array_equal(base[2], cut[2])

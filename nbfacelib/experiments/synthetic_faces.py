@@ -98,10 +98,13 @@ def face_explorer(
     noise_sigma: float = 0.0,
     jpeg_quality: float = 100.0,
     grey: bool = False,
+    eyeglasses: bool = False,
+    haircut: bool = False,
     styles: Sequence[str] = ("flat", "shaded"),
 ):
     """The figure behind the notebook's generator sliders: one identity rendered in each style
-    with the chosen pose, light, occluder and degradations (everything else neutral)."""
+    with the chosen pose, light, occluder and degradations (everything else neutral);
+    ``eyeglasses`` and ``haircut`` (the other haircut) where a style draws them."""
     from nbfacelib.viz.synthetic import faces_figure
 
     over = {
@@ -126,6 +129,10 @@ def face_explorer(
             if STYLES[style].flat
             else {"grey": float(grey), "gamma": 1.0, "vignette": 0.0, "zoom": 1.0, "pillarbox": 0.0}
         )
+        if STYLES[style].eyewear:
+            extra["eyeglasses"] = float(eyeglasses)
+        if STYLES[style].haircuts:
+            extra["haircut"] = float(haircut)
         img, n = render(torch.tensor([identity]), torch.tensor([0]), style=style, overrides={**over, **extra})
         shown[style] = (img[0], float(n["quality"][0]))
     return faces_figure(shown, f"identity {identity}")
