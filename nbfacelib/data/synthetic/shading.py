@@ -32,7 +32,7 @@ Everything a style adds per image is recorded (:data:`SHADED_KEYS`) and enters t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -93,43 +93,25 @@ class Style:
 # The ablation ladder: each style adds one part to the one before it (``framed`` to
 # ``shaded``; ``detailed`` also builds on ``shaded``, without the framing, ``eyewear`` on it, and
 # ``hair`` on ``eyewear``, ``haircuts`` on ``hair``).
-STYLES: dict[str, Style] = {
-    "flat": Style("flat"),
-    "relief": Style("relief", relief=True),
-    "shadows": Style("shadows", relief=True, shadows=True),
-    "textured": Style("textured", relief=True, shadows=True, texture=True),
-    "shaded": Style("shaded", relief=True, shadows=True, texture=True, grey=0.5, camera=True),
-    "framed": Style("framed", relief=True, shadows=True, texture=True, grey=0.5, camera=True, framing=True),
-    "detailed": Style(
-        "detailed", relief=True, shadows=True, texture=True, grey=0.5, camera=True, detail=True
-    ),
-    "eyewear": Style(
-        "eyewear", relief=True, shadows=True, texture=True, grey=0.5, camera=True, detail=True, eyewear=True
-    ),
-    "hair": Style(
-        "hair",
-        relief=True,
-        shadows=True,
-        texture=True,
-        grey=0.5,
-        camera=True,
-        detail=True,
-        eyewear=True,
-        hair=True,
-    ),
-    "haircuts": Style(
-        "haircuts",
-        relief=True,
-        shadows=True,
-        texture=True,
-        grey=0.5,
-        camera=True,
-        detail=True,
-        eyewear=True,
-        hair=True,
-        haircuts=True,
-    ),
-}
+def _ladder(*steps: tuple[str, str, dict]) -> dict[str, Style]:
+    """Styles built one part at a time: each step (name, the style it adds to, its parts)."""
+    styles = {"flat": Style("flat")}
+    for name, base, parts in steps:
+        styles[name] = replace(styles[base], name=name, **parts)
+    return styles
+
+
+STYLES: dict[str, Style] = _ladder(
+    ("relief", "flat", {"relief": True}),
+    ("shadows", "relief", {"shadows": True}),
+    ("textured", "shadows", {"texture": True}),
+    ("shaded", "textured", {"grey": 0.5, "camera": True}),
+    ("framed", "shaded", {"framing": True}),
+    ("detailed", "shaded", {"detail": True}),
+    ("eyewear", "detailed", {"eyewear": True}),
+    ("hair", "eyewear", {"hair": True}),
+    ("haircuts", "hair", {"haircuts": True}),
+)
 # Per-image nuisances a non-flat style records (besides NUISANCE_KEYS):
 #   specular       strength of the specular highlight (0 .. 0.35), relief only
 #   shadow_fraction fraction of the face oval in cast shadow (measured), shadows only
