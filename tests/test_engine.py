@@ -280,6 +280,58 @@ def test_nan_steps_in_a_row_stop_training_and_never_checkpoint(tmp_path):
     assert not (out / "model.safetensors").exists()
 
 
+def test_weight_average_is_the_mean_of_the_weights_after_its_start(tmp_path):
+    """average_from = 0.5 of 6 steps: the saved model is the mean of the weights (and BN
+    statistics) after steps 4, 5 and 6, each taken from a plain run of that length (constant
+    lr, so the runs share their first steps: the batch of step t depends on t only)."""
+    from nbfacelib.train import fit
+
+    common = dict(warmup_steps=0, poly_power=0.0)
+    result = fit(tiny(tmp_path / "avg", steps=6, average_from=0.5, **common))
+    assert result["averaged_steps"] == 3
+    plain = [weights_of(fit, tiny(tmp_path / f"plain{n}", steps=n, **common)) for n in (4, 5, 6)]
+    averaged = weights(tmp_path / "avg")
+    moved = 0
+    for k, v in averaged.items():
+        if not v.is_floating_point():
+            continue
+        mean = sum(w[k] for w in plain) / 3
+        torch.testing.assert_close(v, mean, rtol=1e-5, atol=1e-6, msg=k)
+        moved += not torch.allclose(v, plain[-1][k])
+    assert moved > 10  # the average is not the last weights
+
+
+def weights_of(fit, config: TrainConfig) -> dict[str, torch.Tensor]:
+    fit(config)
+    return weights(Path(config.out))
+
+
+def test_weight_average_survives_a_stop_and_resume_bit_identically(tmp_path):
+    """A run that stops inside step 5 (NaN loss, max_bad_steps 1) after its checkpoint at step 4,
+    resumed, saves the same averaged model as the uninterrupted run: the average and its count
+    travel in the checkpoint."""
+    from nbfacelib.train import TrainingDiverged, fit
+
+    run = dict(steps=8, average_from=0.25, ckpt_every=4)
+    fit(tiny(tmp_path / "straight", **run))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingDiverged):
+        fit(tiny(stopped, max_bad_steps=1, inject_nan_steps=[4], **run))
+    state = ckpt_io.load(stopped / "last.ckpt")
+    assert state["step"] == 4 and int(state["averaged"]["n_averaged"]) == 2
+    result = fit(tiny(stopped, resume=True, **run))
+    assert (result["start_step"], result["averaged_steps"]) == (4, 6)
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
+        stopped / "model.safetensors"
+    ).read_bytes()
+    # a checkpoint without an average cannot resume an averaging run past its start
+    plain = tmp_path / "plain"
+    with pytest.raises(TrainingDiverged):
+        fit(tiny(plain, steps=8, ckpt_every=4, max_bad_steps=1, inject_nan_steps=[4]))
+    with pytest.raises(ValueError, match=r"average_from=0.25 .* holds no average"):
+        fit(tiny(plain, resume=True, **run))
+
+
 class _NoBN(torch.nn.Module):
     """A BatchNorm-free backbone: accumulation must then equal one big batch exactly."""
 

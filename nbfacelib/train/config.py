@@ -73,6 +73,8 @@ class TrainConfig:
     poly_power: float = 1.0  # exponent of the polynomial decay (1: linear to zero)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     clip_grad_norm: float | None = 5.0  # max gradient norm of the backbone (as arcface_torch); None: off
+    # weight averaging (SWA, Izmailov et al. 2018; dense, as SWAD, Cha et al. 2021, for domain shift)
+    average_from: float | None = None  # average weights and BN statistics from this fraction on; None: off
 
     # numerics / speed
     device: str = "auto"  # where to train: auto (CUDA if available), cpu, cuda or cuda:N
@@ -127,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"config crop_scale={self.crop_scale!r}: an area fraction, at most 1")
         if self.color_jitter < 0:
             raise ValueError(f"config color_jitter={self.color_jitter}: must be >= 0")
+        if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
+            raise ValueError(f"config average_from={self.average_from}: a fraction of training in [0, 1)")
         if self.steps is None and self.epochs is None:
             raise ValueError("config: give steps or epochs")
         if self.steps is not None and self.steps < 1:

@@ -19,7 +19,11 @@ What differs from arcface_torch, and why:
   batches the uninterrupted run would have seen, which makes resume bit-exact on the CPU;
 - bf16 autocast and channels-last are the CUDA defaults (fp16 + GradScaler is an option);
 - a non-finite loss skips the step instead of poisoning the weights, and stops the run after
-  ``max_bad_steps`` in a row; a checkpoint is never written from non-finite weights.
+  ``max_bad_steps`` in a row; a checkpoint is never written from non-finite weights;
+- ``average_from`` keeps a uniform average of the backbone (weights and BN statistics) over the
+  last part of training (``torch.optim.swa_utils.AveragedModel``: SWA, and SWAD's dense
+  averaging for domain shift); the average is the model saved and evaluated, the checkpoint
+  holds both, so resume stays bit-exact.
 """
 
 from __future__ import annotations
@@ -128,6 +132,14 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         optimizer, total_steps, cfg.warmup_steps, cfg.schedule, cfg.poly_power, cfg.min_lr_ratio
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    averaged, average_start = None, total_steps
+    if cfg.average_from is not None:
+        from torch.optim.swa_utils import AveragedModel
+
+        # buffers too: the BN running statistics are averaged with the weights (no update_bn
+        # pass over the training data is needed, and a resumed run restores them exactly)
+        averaged = AveragedModel(backbone, use_buffers=True)
+        average_start = int(cfg.average_from * total_steps)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def autocast():
@@ -151,6 +163,14 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base_lr * factor(scheduler.last_epoch)
         scaler.load_state_dict(state["scaler"])
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
+        elif averaged is not None and int(state["step"]) > average_start:
+            raise ValueError(
+                f"{last_path}: resuming at step {state['step']} with average_from={cfg.average_from} "
+                f"(averaging from step {average_start}), but the checkpoint holds no average; "
+                f"resume without average_from or from an earlier checkpoint"
+            )
         ckpt_io.set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         step, skipped = int(state["step"]), int(state["skipped_steps"])
         if rank == 0:
@@ -175,6 +195,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             "optimizer": _optimizer_state_full(optimizer, objective),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
+            **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             "rng": _gather_objects(ckpt_io.rng_state()),  # one entry per rank
             "world_size": world,
             "config": json.dumps(cfg.to_dict()),
@@ -182,6 +203,10 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         if rank == 0:
             ckpt_io.atomic_save(state, last_path)
             print(f"checkpoint: step {step} -> {last_path}", flush=True)
+
+    def delivered() -> nn.Module:
+        """The model this run hands out: the average once it has begun, else the backbone."""
+        return averaged.module if averaged is not None and int(averaged.n_averaged) > 0 else backbone
 
     start_step = step
     # --- loop ------------------------------------------------------------------------------
@@ -241,6 +266,8 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                 overflows += int(scaler.is_enabled() and scaler.get_scale() < scale)
                 bad_in_row = 0
                 objective.after_step(backbone)
+                if averaged is not None and step >= average_start:
+                    averaged.update_parameters(backbone)
             else:
                 skipped += 1
                 bad_in_row += 1
@@ -294,7 +321,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
                 record.update({k: float(torch.as_tensor(v).mean()) for k, v in logs.items()})
                 losses, logs, tic, images_since = [], {}, time.perf_counter(), 0
             if val_sets and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
-                eval_results = evaluate_backbone(backbone, val_sets, data, cfg)
+                eval_results = evaluate_backbone(delivered(), val_sets, data, cfg)
                 record.update(eval_results)
                 model.train()
             if record and metrics_file is not None:
@@ -310,7 +337,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
             metrics_file.close()
 
     if rank == 0:
-        save_backbone(backbone, cfg, out)
+        save_backbone(delivered(), cfg, out)
     if dist.is_distributed():
         torch.distributed.barrier()
     if owns_group:
@@ -321,6 +348,7 @@ def fit(config: TrainConfig | dict[str, Any], **overrides: Any) -> dict[str, Any
         "first_loss": first_loss,
         "final_loss": last_loss,
         "skipped_steps": skipped,
+        "averaged_steps": int(averaged.n_averaged) if averaged is not None else 0,
         "fp16_overflow_steps": overflows,
         "precision": precision,
         "channels_last": channels_last,
