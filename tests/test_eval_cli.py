@@ -85,6 +85,25 @@ def test_synthetic_heldout_reproduces_the_numbers_training_reported(run_dir, cap
     assert res["orl"]["native_size"] == [112, 92]  # ORL's 92x112, padded then resized
 
 
+def test_trunk_output_scores_the_flattened_trunk_features(run_dir, tmp_path, capsys):
+    from nbfacelib.eval.evalsets import evaluate_model, orl
+    from nbfacelib.models.output import TrunkFeatures
+    from nbfacelib.train import load_backbone
+
+    run, _ = run_dir
+    out = tmp_path / "trunk.json"
+    assert (
+        main(["eval", str(run), "--data", "orl", "--pairs", "40", "--output", "trunk", "--json", str(out)])
+        == 0
+    )
+    assert "scored by its trunk" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    want = evaluate_model(TrunkFeatures(load_backbone(run)), orl(40, 32)).metrics
+    assert doc["output"] == "trunk" and doc["results"]["orl"]["metrics"]["accuracy"] == want["accuracy"]
+    assert main(["eval", str(run), "--data", "orl", "--output", "pooled"]) == 1
+    assert "unknown model output 'pooled'" in capsys.readouterr().err
+
+
 def test_size_mismatch_is_refused_with_no_resize(run_dir, orl_bin, capsys):
     run, _ = run_dir
     assert main(["eval", str(run), "--data", str(orl_bin), "--no-resize"]) == 1

@@ -40,7 +40,9 @@ def test_config_from_namespace_and_key():
 @pytest.mark.timeout(600)
 @pytest.mark.filterwarnings("ignore:sample_pairs:UserWarning")  # a few identities: folds share them
 def test_run_grid_trains_once_caches_and_tabulates(tmp_path, monkeypatch):
-    from nbfacelib.eval.evalsets import synthetic_heldout
+    from nbfacelib.eval.evalsets import evaluate_model, synthetic_heldout
+    from nbfacelib.models.output import TrunkFeatures
+    from nbfacelib.train import load_backbone
 
     base = TrainConfig(**TINY)
     variants = [
@@ -93,5 +95,17 @@ def test_run_grid_trains_once_caches_and_tabulates(tmp_path, monkeypatch):
     assert skipped.table.unique("evalset") == ["train"]
     with pytest.raises(ValueError, match="not in"):
         grid.run_grid([grid.Variant("x", base, evalsets=["lfw"])], [0], es, tmp_path, log=None)
+    # a model scored by its trunk features too: rows labelled by output, the embedding's unchanged
+    both = grid.run_grid(variants[1:2], [0], es, tmp_path, log=None, outputs=("embedding", "trunk"))
+    assert both.table.by_seed("accuracy", variant="arcface", evalset="synthetic", output="embedding") == {
+        0: acc[0]
+    }
+    trunk = both.table.by_seed("accuracy", variant="arcface", evalset="synthetic", output="trunk")
+    model = load_backbone(both.runs[0].out, device="cpu")
+    assert trunk == {0: evaluate_model(TrunkFeatures(model), es["synthetic"]).metrics["accuracy"]}
+    with pytest.raises(ValueError, match="several rows"):
+        both.table.by_seed("accuracy", variant="arcface", evalset="synthetic")  # two outputs: ambiguous
+    with pytest.raises(ValueError, match="outputs must be some of"):
+        grid.run_grid(variants[1:2], [0], es, tmp_path, log=None, outputs=("pooled",))
     with pytest.raises(ValueError, match="distinct"):
         grid.run_grid([variants[0], variants[0]], [0], es, tmp_path, log=None)

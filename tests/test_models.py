@@ -15,7 +15,7 @@ from nbfacelib.models import BACKBONES, build_backbone, list_backbones, register
 from nbfacelib.models.complexity import count_flops, count_macs, count_parameters, summarize
 from nbfacelib.models.iresnet import IBasicBlock, IResNet
 from nbfacelib.models.mobilefacenet import MobileFaceNet
-from nbfacelib.models.output import as_output
+from nbfacelib.models.output import as_output, model_output
 
 # Forward + backward on CPU only below this many MACs per image (mbf is 0.44 G).
 SMALL_MACS = 0.5e9
@@ -272,6 +272,9 @@ def test_contract_on_meta(name):
     assert feats.shape[0] == 2
     if feats.ndim == 4:
         assert feats.shape[1] == model.num_features
+    # every backbone can be scored by its flattened trunk features, and by its embedding
+    assert model_output(model, "trunk")(x).shape == (2, feats[0].numel())
+    assert model_output(model, "embedding")(x).shape == (2, model.embedding_size)
     # The keywords every family shares.
     other = meta(name, embedding_size=96, input_size=model.input_size, dropout=0.1).eval()
     assert as_output(other(x)).embedding.shape == (2, 96) and other.embedding_size == 96
@@ -307,6 +310,10 @@ def test_contract_forward_backward(name):
         a, b = as_output(model(x)).embedding, as_output(model(x)).embedding
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         feats = model.forward_features(x)
+        torch.testing.assert_close(model_output(model, "trunk")(x), feats.flatten(1), rtol=0, atol=0)
+        torch.testing.assert_close(model_output(model, "embedding")(x), a, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="unknown model output 'pooled'"):
+            model_output(model, "pooled")
         if isinstance(model, (IResNet, MobileFaceNet)):
             assert feats.shape == (2, model.num_features, *model.feature_size)
             assert model.feature_size == (7, 7)

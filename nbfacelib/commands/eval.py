@@ -49,6 +49,12 @@ def register(subparsers) -> None:
         action="store_false",
         help="refuse data whose images are not the model's input size instead of resizing them",
     )
+    p.add_argument(
+        "--output",
+        default="embedding",
+        help="what the model is scored by: embedding (default) or trunk, its flattened trunk features "
+        "(the last feature map, before the embedding head)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument(
         "--device", default="auto", help="where the model runs: auto (CUDA if available), cpu, cuda or cuda:N"
@@ -138,6 +144,10 @@ def run(args) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, model = load_run(args.run_dir, device=device)
+    if args.output != "embedding":
+        from nbfacelib.models.output import model_output
+
+        model = model_output(model, args.output)  # an unknown name: an error listing the outputs
     results = evaluate_run(
         model,
         cfg,
@@ -151,7 +161,8 @@ def run(args) -> int:
         h, w = r["native_size"]
         if (h, w) != (cfg.input_size, cfg.input_size):
             print(f"note: {name}: {w}x{h} images resized to the model's {cfg.input_size}x{cfg.input_size}")
-    print(f"{args.run_dir}: {cfg.backbone}, {cfg.input_size}x{cfg.input_size} input")
+    size = f"{cfg.input_size}x{cfg.input_size}"
+    print(f"{args.run_dir}: {cfg.backbone}, {size} input, scored by its {args.output}")
     print(format_table(results))
     if args.json:
         out = Path(args.json)
@@ -160,6 +171,7 @@ def run(args) -> int:
             "run": str(args.run_dir),
             "backbone": cfg.backbone,
             "input_size": cfg.input_size,
+            "output": args.output,
             "results": results,
         }
         out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -293,12 +293,17 @@ def run_grid(
     prerender_data: bool = True,
     keep_seeds: int = 1,
     log: Callable[[str], None] | None = print,
+    outputs: Sequence[str] = ("embedding",),
 ) -> GridResult:
     """Train each variant with each seed (``config.replace(seed=s)``), evaluate every model on
     every evaluation set, and return a :class:`GridResult`. ``root``: where runs and
     pre-rendered data are cached. ``keep_seeds``: keep the embeddings / ROC of the first that
-    many seeds of each variant (for maps, norm plots and ROC figures)."""
+    many seeds of each variant (for maps, norm plots and ROC figures). ``outputs``: what each
+    model is scored by (:data:`~nbfacelib.models.output.MODEL_OUTPUTS`: ``"embedding"``, and
+    ``"trunk"``, its flattened trunk features), each row labelled with its ``output``; the kept
+    embeddings are the first output's."""
     from nbfacelib.eval.evalsets import evaluate_model
+    from nbfacelib.models.output import MODEL_OUTPUTS, model_output
     from nbfacelib.train import load_backbone
 
     say = log or (lambda _msg: None)
@@ -313,6 +318,9 @@ def run_grid(
             raise ValueError(
                 f"run_grid: variant {v.name!r} names evaluation sets {unknown} not in {list(evalsets)}"
             )
+    unknown = sorted(set(outputs) - set(MODEL_OUTPUTS))
+    if unknown or not outputs:
+        raise ValueError(f"run_grid: outputs must be some of {sorted(MODEL_OUTPUTS)}, got {list(outputs)}")
     root = Path(root)
     rows: list[dict[str, Any]] = []
     runs: list[Run] = []
@@ -344,13 +352,16 @@ def run_grid(
             for name, es in evalsets.items():
                 if variant.evalsets is not None and name not in variant.evalsets:
                     continue
-                res = evaluate_model(model, es)
-                rows.extend(
-                    {**base, "evalset": name, "metric": m, "value": v} for m, v in res.metrics.items()
-                )
-                if i < keep_seeds:
-                    evaluations[(variant.name, int(seed), name)] = res
-                line.append(f"{name} acc {res.metrics['accuracy']:.4f}")
+                for k, output in enumerate(outputs):
+                    res = evaluate_model(model if output == "embedding" else model_output(model, output), es)
+                    rows.extend(
+                        {**base, "evalset": name, "output": output, "metric": m, "value": v}
+                        for m, v in res.metrics.items()
+                    )
+                    if i < keep_seeds and k == 0:
+                        evaluations[(variant.name, int(seed), name)] = res
+                    label = name if len(outputs) == 1 else f"{name} ({output})"
+                    line.append(f"{label} acc {res.metrics['accuracy']:.4f}")
             say(
                 f"{variant.name} seed {seed}: "
                 + ("loaded" if cached else f"trained in {seconds:.0f} s")

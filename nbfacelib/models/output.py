@@ -47,3 +47,33 @@ class EmbeddingOnly(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return as_output(self.model(x)).embedding
+
+
+class TrunkFeatures(nn.Module):
+    """``model`` whose forward returns its trunk's features: ``forward_features`` (the contract's
+    last feature map, or token / pooled features for the families that end so), flattened to
+    (B, C*H*W), before the embedding head.
+
+    What the head keeps is what separates the training identities. On a domain the model was not
+    trained on (synthetic faces -> photographs) the wider trunk map can carry more of what tells
+    new people apart: notebook 00 scores both (BENCHMARKS.md, "Trunk features")."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.model.forward_features(x), 1)
+
+
+# What a trained backbone can be scored by: name -> the module that gives it from the backbone.
+MODEL_OUTPUTS = {"embedding": EmbeddingOnly, "trunk": TrunkFeatures}
+
+
+def model_output(model: nn.Module, name: str) -> nn.Module:
+    """``model`` read through the output ``name`` (:data:`MODEL_OUTPUTS`): ``"embedding"``, what
+    the backbone returns (``as_output(model(x)).embedding``), or ``"trunk"``
+    (:class:`TrunkFeatures`)."""
+    if name not in MODEL_OUTPUTS:
+        raise ValueError(f"unknown model output {name!r}; choose from {sorted(MODEL_OUTPUTS)}")
+    return MODEL_OUTPUTS[name](model)
