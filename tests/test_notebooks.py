@@ -46,6 +46,10 @@ def test_committed_without_outputs(path):
     assert "widgets" not in nb.metadata and "papermill" not in nb.metadata, (
         f"{path.name}: run metadata committed"
     )
+    # nbformat 4.5 cells carry an id; nbformat fills in a missing one on every read, with a warning
+    raw = json.loads(path.read_text())
+    missing = [i for i, c in enumerate(raw["cells"]) if "id" not in c]
+    assert not missing, f"{path.name}: cells {missing} have no id"
 
 
 @pytest.mark.parametrize("path", ALL, ids=_id)
