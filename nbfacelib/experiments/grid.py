@@ -353,7 +353,7 @@ def run_grid(
                 if variant.evalsets is not None and name not in variant.evalsets:
                     continue
                 for k, output in enumerate(outputs):
-                    res = evaluate_model(model if output == "embedding" else model_output(model, output), es)
+                    res = evaluate_model(model_output(model, output), es)
                     rows.extend(
                         {**base, "evalset": name, "output": output, "metric": m, "value": v}
                         for m, v in res.metrics.items()
