@@ -4,14 +4,14 @@ fields replaced, one seed, scored on ORL and LFW by the embedding and by the tru
     python benchmarks/transfer_probes.py NAME --seed 0 [--set '{"backbone": "ir_small"}']
         [--out runs/transfer_probes]
 
-The training is notebook 00's (``nbfacelib/presets.yaml``, ``00_synthetic_faces`` at ``cpu``,
-with the notebook's own defaults for the fields the preset leaves out), built the way the
-notebook builds it (``config_from`` + ``transfer_variants``); ``--set`` replaces preset
-entries (``style`` picks the renderer, any TrainConfig field the training). Runs and the
-pre-rendered faces are cached under OUT/grid by config hash, as the notebook caches them, so
-the unchanged preset is trained once. Only LFW chooses between probes (the issue forbids
-choosing on ORL); ORL is printed beside it. One line per probe is appended to
-OUT/probes.jsonl with the machine's description.
+The training is notebook 00's: its parameters cell, then its ``cpu`` entry in
+``nbfacelib/presets.yaml`` (what ``nbface run --preset cpu`` injects), built the way the
+notebook builds it (``config_from`` + ``transfer_variants``); ``--set`` replaces parameters
+(``style`` picks the renderer, any TrainConfig field the training). Runs and the pre-rendered
+faces are cached under OUT/grid by config hash, as the notebook caches them, so the unchanged
+preset is trained once. Only LFW chooses between probes (the issue forbids choosing on ORL);
+ORL is printed beside it. One line per probe is appended to OUT/probes.jsonl with the
+machine's description.
 
 Two processes may share OUT, but start the second after the first has pre-rendered a style's
 faces: both would write the same folder.
@@ -24,30 +24,25 @@ import json
 import time
 from pathlib import Path
 
+import nbformat
 import torch
-import yaml
 
 from nbfacelib.machine import describe_machine
 
-# notebook 00's parameters-cell defaults for the training fields its cpu preset leaves out
-NOTEBOOK_DEFAULTS = {
-    "preset": "cpu",
-    "backbone": "ir_tiny",
-    "loss": "arcface",
-    "embedding_size": 128,
-    "difficulty": "medium",
-}
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "00_synthetic_faces.ipynb"
 
 
 def main() -> None:
     from nbfacelib.eval import evalsets as ev
     from nbfacelib.experiments import synthetic_faces as sf
     from nbfacelib.experiments.grid import config_from, run_grid
+    from nbfacelib.presets import notebook_parameters
+    from nbfacelib.report.runner import parameter_defaults
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="the probe's name (its label in OUT/probes.jsonl)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", default="{}", help="JSON object of preset entries to replace")
+    ap.add_argument("--set", default="{}", help="JSON object of notebook parameters to replace")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/transfer_probes")
     args = ap.parse_args()
@@ -55,11 +50,8 @@ def main() -> None:
     changes = json.loads(args.set)
     if not isinstance(changes, dict):
         raise SystemExit(f"--set {args.set!r}: expected a JSON object")
-    presets = Path(__file__).resolve().parents[1] / "nbfacelib" / "presets.yaml"
-    params = {
-        **NOTEBOOK_DEFAULTS,
-        **yaml.safe_load(presets.read_text())["notebooks"]["00_synthetic_faces"]["cpu"],
-    }
+    params = parameter_defaults(nbformat.read(NOTEBOOK, as_version=4))
+    params.update(notebook_parameters(NOTEBOOK.stem, "cpu"))
     params.update(changes)
     base = config_from(params, val=[], log_every=max(1, params["steps"] // 10), progress=False)
     (variant,) = sf.transfer_variants(
