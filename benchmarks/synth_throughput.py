@@ -8,10 +8,10 @@ Baseline, in the same run: what a disk-backed pipeline does per image (PIL decod
 (every epoch after the first with <= a few thousand identities); ``cold`` = every identity is
 new (e.g. Partial FC with a million classes), so the base face is drawn too. ``--stages``
 prints where the time goes (CPU time per image of each rendering stage). ``--styles`` renders
-each renderer style (``nbfacelib.data.synthetic.STYLES``) warm, interleaved with the others and
-the decoder, so that their rates compare under the same load. Freed memory is kept for reuse
-(``nbfacelib.machine.keep_freed_memory``, as in ``nbface`` and its notebook kernels) unless
-``--default-malloc``.
+each renderer style (``nbfacelib.data.synthetic.STYLES``, or a mix of ``MIXES``) warm,
+interleaved with the others and the decoder, so that their rates compare under the same load.
+Freed memory is kept for reuse (``nbfacelib.machine.keep_freed_memory``, as in ``nbface`` and
+its notebook kernels) unless ``--default-malloc``.
 """
 
 from __future__ import annotations
@@ -60,20 +60,22 @@ class Renderer:
         self.next_id = 10**6
         self.warm_ids = warm_ids
         self.style = style
-        if warm:  # (each style's base faces are cached under their own key; both haircuts)
-            cuts = (0.0, 1.0) if S.STYLES[style].haircuts else (None,)
-            for i in range(0, warm_ids, batch):
-                ids = torch.arange(i, min(i + batch, warm_ids))
-                for cut in cuts:
-                    S.render(
-                        ids,
-                        torch.zeros_like(ids),
-                        size=size,
-                        difficulty=difficulty,
-                        device=device,
-                        style=style,
-                        overrides=None if cut is None else {"haircut": cut},
-                    )
+        if warm:  # (each style's base faces are cached under their own key; both haircuts; a
+            # mix's images are its styles' images, so a mix is warm when its styles are)
+            for member in S.MIXES.get(style, (style,)):
+                cuts = (0.0, 1.0) if S.STYLES[member].haircuts else (None,)
+                for i in range(0, warm_ids, batch):
+                    ids = torch.arange(i, min(i + batch, warm_ids))
+                    for cut in cuts:
+                        S.render(
+                            ids,
+                            torch.zeros_like(ids),
+                            size=size,
+                            difficulty=difficulty,
+                            device=device,
+                            style=member,
+                            overrides=None if cut is None else {"haircut": cut},
+                        )
 
     def __call__(self) -> float:
         b = self.batch
@@ -221,7 +223,7 @@ def main() -> None:
     # Every style caches its own base faces (uint8, 5 channels, 8 with relief): room for the 1,000
     # warm identities of each, or interleaved styles evict each other and "warm" is partly cold.
     # (a style with haircuts caches two faces per identity)
-    faces = sum(2 if S.STYLES[s].haircuts else 1 for s in styles)
+    faces = sum(2 if S.STYLES[m].haircuts else 1 for s in styles for m in S.MIXES.get(s, (s,)))
     BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, faces * 1000 * 8 * args.size**2 * 5 // 4)
     jobs = {
         ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(

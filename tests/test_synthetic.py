@@ -629,3 +629,61 @@ def test_haircuts_change_the_cut_not_the_person():
         render(k[:2], s0[:2], style="hair", overrides={"haircut": 1.0})
     with pytest.raises(ValueError, match="haircuts need hair"):
         S.Style("x", haircuts=True)
+
+
+# --------------------------------------------------------------------------- style mixes
+def test_a_mix_renders_each_image_as_its_drawn_style_alone():
+    """Each image of a mix is, byte for byte and nuisance for nuisance, what its drawn style
+    renders alone; the draw is a function of (seed, identity, sample), near uniform over the
+    mix's styles, independent of the identity, and flat images get neutral style nuisances."""
+    mix = S.MIXES["mixed"]
+    ids, samples = torch.arange(120) % 30, torch.arange(120)
+    images, n = render(ids, samples, seed=4, size=112, style="mixed")
+    assert set(n) == set(NUISANCE_KEYS) | set(S.SHADED_KEYS) | set(S.MIX_KEYS)
+    drawn = n["mix_style"].long()
+    assert set(drawn.tolist()) == set(range(len(mix)))
+    for i, style in enumerate(mix):
+        at = (drawn == i).nonzero().flatten()
+        alone, na = render(ids[at], samples[at], seed=4, size=112, style=style)
+        assert torch.equal(images[at], alone), style
+        for k, v in na.items():
+            assert torch.equal(n[k][at], v), (style, k)
+    flat = drawn == mix.index("flat")
+    for key, neutral in (("gamma", 1.0), ("grey", 0.0), ("zoom", 1.0), ("eyeglasses", 0.0)):
+        assert bool((n[key][flat] == neutral).all()), key
+    # the draw: per image (not per identity), deterministic, balanced over many images
+    many = S.shading.mix_choice("mixed", 0, torch.arange(8000) % 400, torch.arange(8000))
+    counts = torch.bincount(many, minlength=len(mix)).float() / 8000
+    assert bool((counts - 1 / len(mix)).abs().max() < 0.03), counts
+    per_id = [set(many[torch.arange(8000) % 400 == j].tolist()) for j in range(20)]
+    assert all(len(s) > 1 for s in per_id)  # one identity is seen in several styles
+    first, second = many[(torch.arange(8000) % 400) < 200], many[(torch.arange(8000) % 400) >= 200]
+    assert abs(float(first.float().mean() - second.float().mean())) < 0.1
+    assert torch.equal(many, S.shading.mix_choice("mixed", 0, torch.arange(8000) % 400, torch.arange(8000)))
+
+
+def test_a_mix_is_a_data_set_style_and_refuses_what_not_all_its_styles_have():
+    ds = SyntheticFaces(30, 3, seed=7, style="mixed")
+    assert ds.heldout(4).style == "mixed" and "mixed" in repr(ds)
+    assert open_dataset("synthetic:ids=3,per_id=2,style=mixed").style == "mixed"
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    batch, _ = ds.render_batch(order // 3, order % 3)
+    pos = int((order == 50).nonzero())
+    assert torch.equal(batch[pos], ds[50][0])  # index independent, as every style
+    assert S.recorded_keys("mixed") == S.SHADED_KEYS + S.MIX_KEYS and S.recorded_keys("flat") == ()
+    with pytest.raises(ValueError, match="not nuisances of every style in mix 'mixed'"):
+        render(torch.arange(2), torch.arange(2), style="mixed", overrides={"eyeglasses": 1.0})
+    _, n = render(torch.arange(8), torch.arange(8), style="mixed", overrides={"yaw": 10.0})
+    assert bool((n["yaw"] == 10).all())
+    with pytest.raises(ValueError, match="expected one of .*haircuts, mixed"):
+        SyntheticFaces(2, 2, style="mixd")
+
+
+def test_nbface_synth_writes_a_mix_with_its_drawn_style(tmp_path):
+    out = tmp_path / "mix"
+    assert main(["synth", "--ids", "4", "--per-id", "3", "--style", "mixed", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "images.csv")))
+    assert len(rows) == 12 and {"mix_style", "eyeglasses", "gamma"} <= set(rows[0])
+    drawn = [int(float(r["mix_style"])) for r in rows]
+    expected = S.shading.mix_choice("mixed", 0, torch.arange(12) // 3, torch.arange(12) % 3)
+    assert drawn == expected.tolist()

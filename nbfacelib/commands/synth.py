@@ -42,7 +42,8 @@ def register(subparsers) -> None:
         "glasses, recorded as eyeglasses) or hair (eyewear + hair as a volume: varied outline, "
         "hairline, fringe, length over the ears) or haircuts (hair + a quarter of each person's "
         "images in their other haircut, recorded as haircut); the others of "
-        "nbfacelib.data.synthetic.STYLES too",
+        "nbfacelib.data.synthetic.STYLES too; or mixed (each image in one of flat, shaded, eyewear, "
+        "haircuts, drawn per image and recorded as mix_style)",
     )
     p.add_argument("--offset", type=int, default=0, help="first identity, even (for disjoint splits)")
     p.add_argument(
@@ -66,14 +67,14 @@ def register(subparsers) -> None:
 
 def _check(args) -> None:
     from nbfacelib.cli import UserError
-    from nbfacelib.data.synthetic import DIFFICULTIES, SIZES, STYLES
+    from nbfacelib.data.synthetic import DIFFICULTIES, MIXES, SIZES, STYLES
 
     if args.size not in SIZES:
         raise UserError(f"--size {args.size}: expected one of {', '.join(map(str, SIZES))}")
     if args.difficulty not in DIFFICULTIES:
         raise UserError(f"--difficulty {args.difficulty!r}: expected one of {', '.join(DIFFICULTIES)}")
-    if args.style not in STYLES:
-        raise UserError(f"--style {args.style!r}: expected one of {', '.join(STYLES)}")
+    if args.style not in STYLES and args.style not in MIXES:
+        raise UserError(f"--style {args.style!r}: expected one of {', '.join([*STYLES, *MIXES])}")
     if args.format not in ("folder", "rec"):
         raise UserError(f"--format {args.format!r}: expected folder or rec")
     for flag, val in (("--ids", args.ids), ("--per-id", args.per_id), ("--batch-size", args.batch_size)):
@@ -163,7 +164,7 @@ def write_synthetic(
     from tqdm import tqdm
 
     from nbfacelib.cli import UserError
-    from nbfacelib.data.synthetic import NUISANCE_KEYS, SHADED_KEYS, STYLES, SyntheticFaces
+    from nbfacelib.data.synthetic import NUISANCE_KEYS, SyntheticFaces, recorded_keys
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -172,7 +173,7 @@ def write_synthetic(
         raise UserError(f"--out {out}: directory is not empty (pass --overwrite to write into it)")
     ds = SyntheticFaces(num_identities, per_identity, seed, size, difficulty, identity_offset, style)
     out.mkdir(parents=True, exist_ok=True)
-    keys = NUISANCE_KEYS if STYLES[style].flat else NUISANCE_KEYS + SHADED_KEYS
+    keys = NUISANCE_KEYS + recorded_keys(style)
     header = ["path", "identity", "label", "sample", *keys]
     bar = tqdm(total=len(ds), unit="img", desc="synth", disable=None)
     with open(out / "images.csv", "w", newline="") as fh:

@@ -32,7 +32,7 @@ from .nuisances import (
     sample_nuisances,
 )
 from .renderer import BASE_CACHE, CPU_CHUNK, SIZES, render
-from .shading import SHADED_KEYS, STYLES, Style
+from .shading import MIX_KEYS, MIXES, SHADED_KEYS, STYLES, Style, recorded_keys
 
 __all__ = [
     "SyntheticFaces",
@@ -53,5 +53,8 @@ __all__ = [
     "CPU_CHUNK",
     "STYLES",
     "SHADED_KEYS",
+    "MIXES",
+    "MIX_KEYS",
+    "recorded_keys",
     "Style",
 ]

@@ -8,7 +8,7 @@ import torch
 from .identity import check_identity_offset, next_split_offset, twin_parent
 from .nuisances import check_difficulty
 from .renderer import check_size, render
-from .shading import check_style
+from .shading import check_style_name
 
 
 class SyntheticFaces(torch.utils.data.Dataset):
@@ -23,7 +23,8 @@ class SyntheticFaces(torch.utils.data.Dataset):
     ``shaded``: per-identity relief, Lambert + specular light, cast shadows, skin texture, grey
     images; ``eyewear``: shaded + photographic eyes, brows, hair strands and clear glasses;
     ``hair``: eyewear + hair as a volume of varied outline, hairline and length; ``haircuts``:
-    hair + each person's other haircut in a quarter of their images).
+    hair + each person's other haircut in a quarter of their images), or of
+    :data:`~.shading.MIXES` (``mixed``: each image in one of flat, shaded, eyewear, haircuts).
     """
 
     format = "synthetic"  # what :func:`nbfacelib.data.datasets.describe` reports
@@ -47,7 +48,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.size = check_size(size)
         self.difficulty = check_difficulty(difficulty)
-        self.style = check_style(style).name
+        self.style = check_style_name(style)
 
     @property
     def num_classes(self) -> int:

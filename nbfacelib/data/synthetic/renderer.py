@@ -35,11 +35,14 @@ from .nuisances import (
     sample_nuisances,
 )
 from .shading import (
+    MIXES,
     SHADED_KEYS,
     Style,
     camera,
     check_style,
     height_field,
+    mix_choice,
+    neutral_style_nuisances,
     relief_channels,
     shade,
     shape_params,
@@ -273,8 +276,12 @@ def render(
     recomputed. ``return_masks`` adds ``occluder_mask`` and ``face_mask`` (B, S, S), both in
     the frontal face frame (where ``occluded`` is measured). ``style``: ``"flat"`` (the
     calibrated default) or another name of :data:`~.shading.STYLES` (or a
-    :class:`~.shading.Style`); a non-flat style also records :data:`~.shading.SHADED_KEYS`.
+    :class:`~.shading.Style`); a non-flat style also records :data:`~.shading.SHADED_KEYS`. A
+    mix (a name of :data:`~.shading.MIXES`) renders each image in one of its styles
+    (:func:`render_mix`).
     """
+    if isinstance(style, str) and style in MIXES:
+        return render_mix(identities, samples, seed, size, difficulty, device, overrides, return_masks, style)
     size = check_size(size)
     check_difficulty(difficulty)
     style = check_style(style)
@@ -318,6 +325,54 @@ def render(
         return parts[0]
     images = torch.cat([p[0] for p in parts])
     return images, {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+
+
+def render_mix(
+    identities: torch.Tensor,
+    samples: torch.Tensor,
+    seed: int,
+    size: int,
+    difficulty: str,
+    device: torch.device | str | None,
+    overrides: dict[str, float | torch.Tensor] | None,
+    return_masks: bool,
+    mix: str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`render` of a mix: each image in the style :func:`~.shading.mix_choice` draws for
+    it, byte for byte as that style renders it alone; the nuisances of every style, neutral
+    (:func:`~.shading.neutral_style_nuisances`) where an image's style has no such part, and
+    ``mix_style``. ``overrides`` may set the flat nuisances only (the others are not every
+    style's)."""
+    bad = sorted(set(overrides or {}) - set(NUISANCE_KEYS))
+    if bad:
+        raise ValueError(f"overrides: {bad} are not nuisances of every style in mix {mix!r}")
+    ids = torch.as_tensor(identities, dtype=torch.long).reshape(-1)
+    smp = torch.as_tensor(samples, dtype=torch.long).reshape(-1)
+    if ids.shape != smp.shape:
+        raise ValueError(f"identities {tuple(ids.shape)} and samples {tuple(smp.shape)} differ")
+    B = ids.numel()
+    ov = {
+        k: torch.as_tensor(v, dtype=torch.float32).reshape(-1).expand(B) for k, v in (overrides or {}).items()
+    }
+    choice = mix_choice(mix, seed, ids, smp)
+    images = None
+    n: dict[str, torch.Tensor] = {}
+    for i, name in enumerate(MIXES[mix]):
+        at = (choice == i).nonzero().flatten()
+        if B and not at.numel():
+            continue
+        part_ov = {k: v[at] for k, v in ov.items()}
+        img, part = render(ids[at], smp[at], seed, size, difficulty, device, part_ov, return_masks, name)
+        part = {**neutral_style_nuisances(part["yaw"]), **part, "mix_style": torch.full_like(part["yaw"], i)}
+        if images is None:
+            images = img.new_empty((B, *img.shape[1:]))
+        at = at.to(img.device)
+        images[at] = img
+        for k, v in part.items():
+            if k not in n:
+                n[k] = v.new_zeros((B, *v.shape[1:]))
+            n[k][at] = v
+    return images, n
 
 
 def _render_chunk(identities, samples, seed, size, difficulty, overrides, return_masks, style):

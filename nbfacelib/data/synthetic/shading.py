@@ -127,6 +127,16 @@ SHADED_KEYS = (
 )  # fmt: skip
 _STYLE_STREAMS = 10  # per-image uniforms of a style, hashed apart from the flat renderer's
 
+# Mixes: domain randomisation across the renderer's own styles (Tobin et al., IROS 2017). A
+# mix renders each image in one of its styles, drawn per image from the image's hash, so one
+# identity is seen as a flat drawing and as lit relief with and without glasses or its other
+# haircut, and only what its styles share tells it apart. ``mixed`` was chosen on LFW, by the
+# trunk and the embedding, on two seeds; a mix of all eight non-flat styles and flat was not
+# (BENCHMARKS.md, "A mix of styles"). A mix's images record every style's keys
+# (:data:`SHADED_KEYS`, neutral where their style lacks the part) and ``mix_style``.
+MIXES: dict[str, tuple[str, ...]] = {"mixed": ("flat", "shaded", "eyewear", "haircuts")}
+MIX_KEYS = ("mix_style",)  # index, into the mix's styles, of the style an image was drawn in
+
 
 def check_style(style: str | Style) -> Style:
     """The :class:`Style` of a name in :data:`STYLES` (or a Style as it is)."""
@@ -135,6 +145,41 @@ def check_style(style: str | Style) -> Style:
     if style not in STYLES:
         raise ValueError(f"style={style!r}: expected one of {', '.join(STYLES)}")
     return STYLES[style]
+
+
+def check_style_name(style: str | Style) -> str:
+    """The name of a style or of a mix (:data:`MIXES`): what a data set and a URI carry."""
+    if isinstance(style, str) and style in MIXES:
+        return style
+    if isinstance(style, str) and style not in STYLES:
+        raise ValueError(f"style={style!r}: expected one of {', '.join([*STYLES, *MIXES])}")
+    return check_style(style).name
+
+
+def recorded_keys(style: str | Style) -> tuple[str, ...]:
+    """The nuisance names (besides ``NUISANCE_KEYS``) a style or mix records per image."""
+    if isinstance(style, str) and style in MIXES:
+        return SHADED_KEYS + MIX_KEYS
+    return () if check_style(style).flat else SHADED_KEYS
+
+
+def mix_choice(mix: str, seed: int, identities: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """(B,) long: the index into ``MIXES[mix]`` of the style each image is rendered in, uniform
+    over the mix, from its own hash domain (the image's other nuisances do not depend on it)."""
+    u = uniforms(seed, [identities.long(), samples.long()], 1, domain=10)[:, 0]
+    n = len(MIXES[mix])
+    return (u * n).long().clamp_(max=n - 1)
+
+
+def neutral_style_nuisances(like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:data:`SHADED_KEYS` of images that have none of the parts (shape of ``like``): no
+    specular, shadow, grey, vignetting, bars, glasses or other haircut; gamma and zoom 1. The
+    quality formula prices these at 1, so a flat image keeps its flat quality in a mix."""
+    zero = torch.zeros_like(like, dtype=torch.float32)
+    n = {k: zero.clone() for k in SHADED_KEYS}
+    n["gamma"] = zero + 1.0
+    n["zoom"] = zero + 1.0
+    return n
 
 
 def style_nuisances(
@@ -146,9 +191,7 @@ def style_nuisances(
         return {}
     u = uniforms(seed, [identities.long(), samples.long()], _STYLE_STREAMS, domain=3)
     zero = torch.zeros_like(u[:, 0])
-    n = {k: zero.clone() for k in SHADED_KEYS}
-    n["gamma"] = zero + 1.0
-    n["zoom"] = zero + 1.0
+    n = neutral_style_nuisances(zero)
     if style.framing:
         n["zoom"] = torch.exp(torch.log(torch.tensor(1.45)) * u[:, 5])
         n["pillarbox"] = torch.where(u[:, 6] < 0.5, 0.06 + 0.06 * u[:, 7], zero)
