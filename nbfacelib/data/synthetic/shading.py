@@ -130,9 +130,10 @@ _STYLE_STREAMS = 10  # per-image uniforms of a style, hashed apart from the flat
 # Mixes: domain randomisation across the renderer's own styles (Tobin et al., IROS 2017). A
 # mix renders each image in one of its styles, drawn per image from the image's hash, so one
 # identity is seen as a flat drawing and as lit relief with and without glasses or its other
-# haircut, and only what its styles share tells it apart. ``mixed`` was chosen on LFW, by the
-# trunk and the embedding, on two seeds; a mix of all eight non-flat styles and flat was not
-# (BENCHMARKS.md, "A mix of styles"). A mix's images record every style's keys
+# haircut, and only what its styles share tells it apart. ``mixed`` was chosen on LFW (the
+# trunk and the embedding higher than eyewear's on every seed); a mix of eight (flat, relief,
+# textured, shaded, framed, eyewear, hair, haircuts) was not (BENCHMARKS.md, "A mix of
+# styles"). A mix's images record every style's keys
 # (:data:`SHADED_KEYS`, neutral where their style lacks the part) and ``mix_style``.
 MIXES: dict[str, tuple[str, ...]] = {"mixed": ("flat", "shaded", "eyewear", "haircuts")}
 MIX_KEYS = ("mix_style",)  # index, into the mix's styles, of the style an image was drawn in
