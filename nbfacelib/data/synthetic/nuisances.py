@@ -126,7 +126,8 @@ def quality_from_nuisances(n: dict[str, torch.Tensor]) -> torch.Tensor:
     - gamma:       exp(-(ln gamma / 0.5)^2 / 2)
     - vignetting:  1 - 0.3 vignette
     - eyeglasses:  1 - 0.05 eyeglasses (clear glasses: frames over the eyes, a sheen)
-    - specular highlights and grey images cost nothing (a photograph has both).
+    - specular highlights and grey images cost nothing (a photograph has both);
+    - nor does the style a mix drew (``mix_style``): its image pays for that style's nuisances.
 
     Smile, background and light azimuth are nuisances without a quality cost. The weights
     were set so that, for the raw-pixel baseline at ``medium``, pairs in the lowest third of
