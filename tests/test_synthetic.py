@@ -209,6 +209,7 @@ def test_bad_parameters_name_the_parameter():
         (["--ids", "2", "--per-id", "2", "--size", "128"], "--size"),
         (["--ids", "2", "--per-id", "2", "--format", "tar"], "--format"),
         (["--ids", "2", "--per-id", "2", "--offset", "3"], "--offset"),
+        (["--ids", "2", "--per-id", "2", "--style", "photo"], "--style='photo': expected one of"),
     ],
 )
 def test_cli_bad_parameters(tmp_path, capsys, argv, flag):

@@ -67,14 +67,17 @@ def register(subparsers) -> None:
 
 def _check(args) -> None:
     from nbfacelib.cli import UserError
-    from nbfacelib.data.synthetic import DIFFICULTIES, MIXES, SIZES, STYLES
+    from nbfacelib.data.synthetic import DIFFICULTIES, SIZES
+    from nbfacelib.data.synthetic.shading import check_style_name
 
     if args.size not in SIZES:
         raise UserError(f"--size {args.size}: expected one of {', '.join(map(str, SIZES))}")
     if args.difficulty not in DIFFICULTIES:
         raise UserError(f"--difficulty {args.difficulty!r}: expected one of {', '.join(DIFFICULTIES)}")
-    if args.style not in STYLES and args.style not in MIXES:
-        raise UserError(f"--style {args.style!r}: expected one of {', '.join([*STYLES, *MIXES])}")
+    try:
+        check_style_name(args.style)  # a style or a mix: one list of names, in the renderer
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
     if args.format not in ("folder", "rec"):
         raise UserError(f"--format {args.format!r}: expected folder or rec")
     for flag, val in (("--ids", args.ids), ("--per-id", args.per_id), ("--batch-size", args.batch_size)):
