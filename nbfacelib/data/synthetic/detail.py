@@ -137,8 +137,8 @@ def draw_eyeglasses(canvas, p, identities: torch.Tensor, seed: int, on: torch.Te
         0.55 + 0.3 * g["frame_tone"][:, None]
     )
     colour = colour.expand(-1, 3)
-    sub = canvas[idx, :, r0:r1]
+    sub = canvas[idx, :4, r0:r1]  # the premultiplied RGBA that _blend draws on
     sheen = _soft(lens, px) * per_image(g["lens_sheen"]) * (0.6 + 0.4 * torch.sin(6 * (X + Y)))
     _blend(sub, sheen.clamp(0, 1), torch.ones_like(colour))
     _blend(sub, frame, colour)
-    canvas[idx, :, r0:r1] = sub
+    canvas[idx, :4, r0:r1] = sub

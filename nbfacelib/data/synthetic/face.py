@@ -286,7 +286,7 @@ def draw_eyelids(canvas, p, n, size):
     if idx.numel() == 0:
         return
     (rs, cs), X, Y = _region(size, -0.75, 0.75, -0.45, 0.25, canvas.device)
-    sub = canvas[:, :, rs, cs][idx]
+    sub = canvas[:, :4, rs, cs][idx]  # the premultiplied RGBA that _blend draws on
     q = {k: v[idx] for k, v in p.items()}
     px = 2.0 / size
     ex = X.abs() - per_image(q["eye_dx"])
@@ -301,7 +301,7 @@ def draw_eyelids(canvas, p, n, size):
     _blend(sub, lid, q["skin"] * 0.9)
     lash = _soft(torch.maximum((v - edge).abs() - 0.006, (f_eye - 1) * hd), px)
     _blend(sub, lash * 0.9, q["skin"] * 0.25)
-    canvas[idx, :, rs, cs] = sub
+    canvas[idx, :4, rs, cs] = sub
 
 
 def draw_occluders(canvas, p, n, u, size):
@@ -358,8 +358,8 @@ def draw_occluders(canvas, p, n, u, size):
             a = _soft(torch.maximum((X - cx).abs() - hw, (Y - cy).abs() - hh), px)
             colour = col
         a = a.expand(idx.numel(), size, size)
-        sub = canvas[idx]
+        sub = canvas[idx, :4]  # the premultiplied RGBA that _blend draws on
         _blend(sub, a, colour)
-        canvas[idx] = sub
+        canvas[idx, :4] = sub
         occ[idx] = torch.maximum(occ[idx], a)
     return occ

@@ -243,8 +243,9 @@ def base_faces(
         for j, b in zip(miss, base):
             got[j] = b
             BASE_CACHE.put(keys[j], b)
-    stack = torch.stack(got)
-    return stack.index_select(0, inv.to(stack.device)).float().div_(255)
+    # one copy, uint8 -> float as it is stacked (each image's face in its batch order)
+    out = torch.empty((inv.numel(), *got[0].shape), device=got[0].device)
+    return torch.stack([got[j] for j in inv.tolist()], out=out).div_(255)
 
 
 # --------------------------------------------------------------------------------------------

@@ -325,7 +325,7 @@ def facing(nx, ny, vectors: Sequence[torch.Tensor], n: dict[str, torch.Tensor]) 
     vector), n_turned being the frontal normals (nx, ny) turned with the head. Computed as
     ``n . (R^T v)``: each vector is turned back once per image instead of every normal per pixel
     (the same number up to rounding, a third of the full-size tensor operations)."""
-    nz = (1 - nx * nx - ny * ny).clamp(min=0).sqrt()
+    nz = (nx * nx).neg_().add_(1).sub_(ny * ny).clamp_(min=0).sqrt_()  # 1 - x^2 - y^2, in place
     out = []
     for v in vectors:
         bx, by, bz = (per_image(c) for c in _turn(v[:, 0], v[:, 1], v[:, 2], n, inverse=True))
