@@ -243,9 +243,8 @@ def base_faces(
         for j, b in zip(miss, base):
             got[j] = b
             BASE_CACHE.put(keys[j], b)
-    # one copy, uint8 -> float as it is stacked (each image's face in its batch order)
-    out = torch.empty((inv.numel(), *got[0].shape), device=got[0].device)
-    return torch.stack([got[j] for j in inv.tolist()], out=out).div_(255)
+    # stacked straight in the batch's order (no gather of a stack of the unique faces)
+    return torch.stack([got[j] for j in inv.tolist()]).float().div_(255)
 
 
 # --------------------------------------------------------------------------------------------
