@@ -34,17 +34,32 @@ def test_same_inputs_same_bytes_and_seed_matters():
 
 
 def test_index_renders_the_same_alone_or_in_any_batch():
-    ds = SyntheticFaces(40, 3, seed=7)
+    ds = SyntheticFaces(50, 3, seed=7)
     i = 100  # label 33, sample 1
     alone, label = ds[i]
     assert label == 33
     # a batch larger than the CPU chunk, in a shuffled order, with the index in the middle
+    assert len(ds) > S.CPU_CHUNK
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
     labels, samples = order // 3, order % 3
     batch, n = ds.render_batch(labels, samples)
     pos = int((order == i).nonzero())
     assert torch.equal(batch[pos], alone)
     assert ds.nuisances(i)["quality"] == pytest.approx(float(n["quality"][pos]))
+
+
+@pytest.mark.parametrize(
+    "n, most", [(1, 128), (64, 128), (128, 128), (129, 128), (130, 128), (300, 128), (7, 2)]
+)
+def test_chunks_are_few_and_even(n, most):
+    from nbfacelib.data.synthetic.renderer import chunk_bounds
+
+    bounds = chunk_bounds(n, most)
+    sizes = [stop - start for start, stop in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in order
+    assert len(bounds) == -(-n // most)  # the fewest chunks of at most ``most``
+    assert max(sizes) <= most and max(sizes) - min(sizes) <= 1  # never a full chunk and a sliver
 
 
 @pytest.mark.parametrize("size", [112, 160])

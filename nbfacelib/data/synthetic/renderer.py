@@ -51,8 +51,11 @@ from .shading import (
 )
 
 SIZES = (112, 160)
-# On a CPU, chunks of 64 keep the working set in cache (measured ~10% faster than 256).
-CPU_CHUNK = 64
+# On a CPU a batch is rendered in chunks of at most CPU_CHUNK images, all of nearly one size
+# (:func:`chunk_bounds`): every tensor op has a fixed cost, so a chunk of a few images (the
+# remainder of 70 = 64 + 6, which a mix's style of ~64 images per 256 met every other batch)
+# costs nearly what a full one does (BENCHMARKS.md, "Chunks of even size").
+CPU_CHUNK = 128
 
 # --------------------------------------------------------------------------------------------
 # Pose and scene
@@ -307,24 +310,30 @@ def render(
         n = sample_nuisances(seed, identities, samples, difficulty)
         n.update(style_nuisances(style, seed, identities, samples))
         return torch.zeros(0, 3, size, size, dtype=torch.uint8, device=device), n
-    chunk = CPU_CHUNK if device.type == "cpu" else B
     parts = [
         _render_chunk(
-            identities[i : i + chunk],
-            samples[i : i + chunk],
+            identities[i:j],
+            samples[i:j],
             seed,
             size,
             difficulty,
-            {k: v[i : i + chunk] for k, v in ov.items()},
+            {k: v[i:j] for k, v in ov.items()},
             return_masks,
             style,
         )
-        for i in range(0, B, chunk)
+        for i, j in chunk_bounds(B, CPU_CHUNK if device.type == "cpu" else B)
     ]
     if len(parts) == 1:
         return parts[0]
     images = torch.cat([p[0] for p in parts])
     return images, {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+
+
+def chunk_bounds(n: int, most: int) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest chunks of at most ``most`` items that cover ``n``, their
+    sizes differing by at most one (130 by 128: 65 + 65, not 128 + 2)."""
+    count = -(-n // most)
+    return [(n * k // count, n * (k + 1) // count) for k in range(count)]
 
 
 def render_mix(
