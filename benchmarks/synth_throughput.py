@@ -1,7 +1,7 @@
 """Synthetic-face rendering throughput vs decoding the same number of 112x112 JPEGs with PIL.
 
     python benchmarks/synth_throughput.py [--quick] [--n 2048] [--device cuda] [--stages]
-        [--styles flat,shaded]
+        [--styles flat,shaded] [--cpu-chunk 128]
 
 Baseline, in the same run: what a disk-backed pipeline does per image (PIL decode of a
 112x112 JPEG to a uint8 tensor). ``warm`` = the identities' frontal faces are in the LRU cache
@@ -203,12 +203,22 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)"
     )
     ap.add_argument(
+        "--cpu-chunk",
+        type=int,
+        default=None,
+        help="most images per CPU chunk (default: the renderer's CPU_CHUNK)",
+    )
+    ap.add_argument(
         "--default-malloc",
         action="store_true",
         help="leave glibc's malloc as it is (default: keep freed memory, as nbface and its kernels do)",
     )
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_memory()
+    if args.cpu_chunk:
+        from nbfacelib.data.synthetic import renderer
+
+        renderer.CPU_CHUNK = args.cpu_chunk
     if args.threads:
         torch.set_num_threads(args.threads)
     n = 256 if args.quick else args.n

@@ -58,7 +58,7 @@ def test_chunks_are_few_and_even(n, most):
     sizes = [stop - start for start, stop in bounds]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in order
-    assert len(bounds) == -(-n // most)  # the fewest chunks of at most ``most``
+    assert len(bounds) * most >= n > (len(bounds) - 1) * most  # one chunk fewer could not hold n
     assert max(sizes) <= most and max(sizes) - min(sizes) <= 1  # never a full chunk and a sliver
 
 
