@@ -48,6 +48,39 @@ def test_index_renders_the_same_alone_or_in_any_batch():
     assert ds.nuisances(i)["quality"] == pytest.approx(float(n["quality"][pos]))
 
 
+@pytest.mark.parametrize("style", [*S.STYLES, *S.MIXES])
+def test_every_image_is_the_same_bytes_in_batches_of_any_size(style):
+    # Batches of 1, 7, 9 and 47 against one of 64, each with its base faces drawn afresh (so an
+    # identity's cached face is drawn beside other identities too): every pixel and nuisance equal.
+    g = torch.Generator().manual_seed(11)
+    ids, samples = torch.randint(3000, (64,), generator=g), torch.randint(10**6, (64,), generator=g)
+    S.BASE_CACHE.clear()
+    parts = [
+        render(ids[i:j], samples[i:j], seed=3, difficulty="hard", style=style)
+        for i, j in ((0, 1), (1, 8), (8, 17), (17, 64))
+    ]
+    S.BASE_CACHE.clear()
+    whole, nw = render(ids, samples, seed=3, difficulty="hard", style=style)
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole)
+    for k in nw:
+        assert torch.equal(torch.cat([p[1][k] for p in parts]), nw[k]), k
+
+
+@pytest.mark.parametrize(
+    "fn", [torch.sigmoid, lambda t: t**1.6, lambda t: t**4], ids=["sigmoid", "pow1.6", "pow4"]
+)
+def test_batch_invariant_gives_an_element_the_same_value_anywhere(fn):
+    from nbfacelib.data.synthetic.hashing import batch_invariant
+
+    x = torch.rand(3, 40_000, generator=torch.Generator().manual_seed(0)) + 0.01
+    whole = batch_invariant(fn, x)
+    assert whole.shape == x.shape
+    torch.testing.assert_close(whole, fn(x))  # the same function, to rounding
+    for i, j in ((0, 1), (5, 38), (37, 70_001), (70_001, 120_000)):  # pieces cut mid-vector
+        assert torch.equal(batch_invariant(fn, x.reshape(-1)[i:j]), whole.reshape(-1)[i:j])
+    assert batch_invariant(fn, x[:, :0]).shape == (3, 0)
+
+
 @pytest.mark.parametrize(
     "n, most", [(1, 128), (64, 128), (128, 128), (129, 128), (130, 128), (300, 128), (7, 2)]
 )

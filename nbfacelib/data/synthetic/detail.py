@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import _blend, _soft, per_image, pixel_grid
+from .hashing import batch_invariant
 from .identity import identity_uniforms
 
 WEARS_GLASSES = 0.3  # fraction of identities who wear glasses
@@ -60,7 +61,7 @@ def detail_params(identities: torch.Tensor, seed: int) -> dict[str, torch.Tensor
 def hair_colour(p: dict[str, torch.Tensor]) -> torch.Tensor:
     """(U, 3) hair colour skewed dark (the identity's palette colour ** 1.6): more dark hair,
     as in most photographs, with the same order of shades."""
-    return p["hair"].clamp(0, 1) ** 1.6
+    return batch_invariant(lambda c: c**1.6, p["hair"].clamp(0, 1))
 
 
 def strand_texture(d: dict[str, torch.Tensor], bank: torch.Tensor, size: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import _soft, per_image
+from .hashing import batch_invariant
 from .identity import identity_uniforms
 
 BALD = 0.08  # fraction of identities with a bare crown
@@ -129,7 +130,7 @@ def hair_layers(
     hl = hl - per_image(h["recession"]) * torch.exp(-(((X.abs() - 0.6 * fw) / (0.25 * fw)) ** 2))
     hl = hl + per_image(h["peak"]) * torch.exp(-((X / 0.09) ** 2))
     part = per_image(h["part"])
-    hl = hl + per_image(h["sweep"]) * torch.sigmoid((X - part) * 8 * torch.sign(part + 1e-6))
+    hl = hl + per_image(h["sweep"]) * batch_invariant(torch.sigmoid, (X - part) * 8 * torch.sign(part + 1e-6))
     brows = per_image(p["eye_y"] - p["brow_gap"]) - 0.04
     fringe_y = hl + (brows - hl) * per_image(h["fringe_depth"]).clamp(0.3, 1.0)
     ragged = 0.018 * (torch.sin(23 * X + ph) + 0.6 * torch.sin(41 * X + 3 * ph))

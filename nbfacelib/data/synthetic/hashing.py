@@ -2,7 +2,8 @@
 
 Done in int64 torch arithmetic on 32-bit values (the multiply is split in 16-bit halves so
 nothing overflows), hence identical on every device and independent of batch composition:
-any image renders on its own, in any batch, in any order.
+any image renders on its own, in any batch, in any order. :func:`batch_invariant` keeps the
+float maths that follows just as independent of the batch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ from __future__ import annotations
 import torch
 
 _M32 = 0xFFFFFFFF
+# ATen's CPU loops run whole pairs of SIMD vectors (2 x 16 float lanes with AVX-512, 2 x 8 with
+# AVX2) and finish the last < 32 elements of each thread's share with the scalar function. For
+# pow (but squares and roots), sigmoid and atan2 the vector (Sleef) and scalar (libm) functions
+# round differently, so an element's value would hang on its place in the tensor, that is on the
+# batch it was rendered in (measured: a yaw moved 2e-6 degrees and 45 of 200 images moved a pixel
+# by one level between batches of 200 and 256; BENCHMARKS.md, "One image, the same bytes in any
+# batch"). Whole vectors on one thread send every element down the same path.
+_LANES = 32
+_ONE_THREAD = 32768  # ATen's parallel grain: a loop this long or shorter is not split
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -24,6 +34,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def batch_invariant(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for an elementwise ``fn``, each element computed as it would be anywhere in any
+    batch (see ``_LANES``): x is flattened, padded with ones to whole vectors, and run in pieces
+    that one thread takes whole. Elsewhere than on a CPU every element takes one path already."""
+    if x.device.type != "cpu":
+        return fn(x)
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if n % _LANES:
+        flat = torch.cat([flat, flat.new_ones(_LANES - n % _LANES)])
+    out = torch.cat([fn(piece) for piece in flat.split(_ONE_THREAD)]) if flat.numel() else fn(flat)
+    return out[:n].view(x.shape)
 
 
 def uniforms(seed: int, keys: list[torch.Tensor], n: int, domain: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .hashing import uniforms
+from .hashing import batch_invariant, uniforms
 
 # Multiplier on nuisance ranges and probabilities.
 DIFFICULTIES = {"easy": 0.5, "medium": 1.0, "hard": 1.6}
@@ -64,7 +64,7 @@ def nuisances_from_streams(u: torch.Tensor, difficulty: str = "medium") -> dict[
     zero = torch.zeros_like(u[:, 0])
 
     def sym(j: int, amp: float, power: float = 1.0) -> torch.Tensor:
-        return amp * s[:, j].sign() * s[:, j].abs() ** power
+        return amp * s[:, j].sign() * batch_invariant(lambda a: a**power, s[:, j].abs())
 
     def maybe(j: int, prob: float, value: torch.Tensor, off: float | torch.Tensor = 0.0) -> torch.Tensor:
         return torch.where(u[:, j] < min(prob, 0.95), value, zero + off)

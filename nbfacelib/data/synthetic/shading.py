@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .face import per_image, pixel_grid
-from .hashing import uniforms
+from .hashing import batch_invariant, uniforms
 from .identity import identity_uniforms
 
 
@@ -248,14 +248,18 @@ def height_field(p: dict[str, torch.Tensor], s: dict[str, torch.Tensor], size: i
     ey, edx, ew = per_image(p["eye_y"]), per_image(p["eye_dx"]), per_image(p["eye_w"])
     ny, nw = per_image(p["nose_y"]), per_image(p["nose_w"])
     brow_y = ey - per_image(p["brow_gap"]) * 0.7
-    ridge = torch.exp(-(((Y - brow_y) / 0.045) ** 2) / 2) * torch.exp(-((X / (edx + 0.18)) ** 4))
+    ridge = torch.exp(-(((Y - brow_y) / 0.045) ** 2) / 2) * torch.exp(
+        -batch_invariant(lambda t: t**4, X / (edx + 0.18))
+    )
     z = z + per_image(s["brow_ridge"]) * ridge
     sockets = bump(edx, ey, ew * 1.1, ew * 0.85) + bump(-edx, ey, ew * 1.1, ew * 0.85)
     z = z - per_image(s["socket"]) * sockets
     # nose: a ridge rising from between the eyes to the tip, then the tip's bulb
     top = ey + 0.03
     along = ((Y - top) / (ny - top)).clamp(0, 1.0)
-    bridge = torch.exp(-((X / (nw * 0.55)) ** 2) / 2) * along * torch.sigmoid((ny - Y) / 0.015)
+    bridge = (
+        torch.exp(-((X / (nw * 0.55)) ** 2) / 2) * along * batch_invariant(torch.sigmoid, (ny - Y) / 0.015)
+    )
     tip = bump(0.0, ny - 0.035, nw * 0.75, 0.05)
     z = z + per_image(s["nose_h"]) * torch.maximum(0.8 * bridge, tip)
     cheeks = bump(fw * 0.58, ny - 0.1, 0.13, 0.09) + bump(-fw * 0.58, ny - 0.1, 0.13, 0.09)
