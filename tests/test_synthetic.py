@@ -34,7 +34,7 @@ def test_same_inputs_same_bytes_and_seed_matters():
 
 
 def test_index_renders_the_same_alone_or_in_any_batch():
-    ds = SyntheticFaces(50, 3, seed=7)
+    ds = SyntheticFaces(100, 3, seed=7)
     i = 100  # label 33, sample 1
     alone, label = ds[i]
     assert label == 33
