@@ -15,9 +15,9 @@ _M32 = 0xFFFFFFFF
 # AVX2) and finish the last < 32 elements of each thread's share with the scalar function. For
 # pow (but squares and roots), sigmoid and atan2 the vector (Sleef) and scalar (libm) functions
 # round differently, so an element's value would hang on its place in the tensor, that is on the
-# batch it was rendered in (measured: a yaw moved 2e-6 degrees and 45 of 200 images moved a pixel
-# by one level between batches of 200 and 256; BENCHMARKS.md, "One image, the same bytes in any
-# batch"). Whole vectors on one thread send every element down the same path.
+# batch it was rendered in (measured: 256 images rendered as one batch and in pieces of 1-171 gave
+# yaws 4e-6 degrees apart and up to 255 values up to 4 grey levels apart; BENCHMARKS.md, "One
+# image, the same bytes in any batch"). Whole vectors on one thread send every element one path.
 _LANES = 32
 _ONE_THREAD = 32768  # ATen's parallel grain: a loop this long or shorter is not split
 

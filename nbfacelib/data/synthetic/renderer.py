@@ -54,7 +54,7 @@ SIZES = (112, 160)
 # On a CPU a batch is rendered in chunks of at most CPU_CHUNK images, all of nearly one size
 # (:func:`chunk_bounds`): every tensor op has a fixed cost, so a chunk of a few images (the
 # remainder of 70 = 64 + 6, which a mix's style of ~64 images per 256 met every other batch)
-# costs nearly what a full one does. 256 renders single styles 7-11% faster than 128 at 2
+# costs nearly what a full one does. 256 renders single styles 1-11% faster than 128 at 2
 # threads (BENCHMARKS.md, "Chunks of even size", 64 / 128 / 256 side by side:
 # `synth_throughput.py --cpu-chunk`); the chunking changes no byte (hashing.batch_invariant).
 CPU_CHUNK = 256
