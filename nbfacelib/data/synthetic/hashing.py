@@ -46,7 +46,7 @@ def batch_invariant(fn, x: torch.Tensor) -> torch.Tensor:
     n = flat.numel()
     if n % _LANES:
         flat = torch.cat([flat, flat.new_ones(_LANES - n % _LANES)])
-    out = torch.cat([fn(piece) for piece in flat.split(_ONE_THREAD)]) if flat.numel() else fn(flat)
+    out = torch.cat([fn(piece) for piece in flat.split(_ONE_THREAD)])  # an empty x: one empty piece
     return out[:n].view(x.shape)
 
 
