@@ -6,7 +6,8 @@ order, and nothing is stored: on one machine and thread count an image is the sa
 however it is batched (a test renders every style and mix in pieces of 1 to 112 images
 against one batch of 160). Across thread counts ATen's bilinear enlarging (the down-sampling
 nuisance) rounds a last bit differently, which moved 3 of 7.5 million values of 200 images
-by one grey level between 1 and 2 threads; across devices the kernels differ more. The package, in the order data flows:
+by one grey level between 1 and 2 threads; across devices the kernels differ more. The
+package, in the order data flows:
 
 - :mod:`.hashing`: uniforms from integer keys, identical on every device;
 - :mod:`.identity`: ~50 physical parameters per identity, near twins, valid split offsets;
