@@ -62,8 +62,8 @@ class Renderer:
         self.style = style
         if warm:  # (each style's base faces are cached under their own key; both haircuts; a
             # mix's images are its styles' images, so a mix is warm when its styles are)
-            for member in S.MIXES.get(style, (style,)):
-                cuts = (0.0, 1.0) if S.STYLES[member].haircuts else (None,)
+            for member in S.MIXES.get(style, (S.STYLES[style],)):
+                cuts = (0.0, 1.0) if member.haircuts else (None,)
                 for i in range(0, warm_ids, batch):
                     ids = torch.arange(i, min(i + batch, warm_ids))
                     for cut in cuts:
@@ -233,7 +233,7 @@ def main() -> None:
     # Every style caches its own base faces (uint8, 5 channels, 8 with relief): room for the 1,000
     # warm identities of each, or interleaved styles evict each other and "warm" is partly cold.
     # (a style with haircuts caches two faces per identity)
-    faces = sum(2 if S.STYLES[m].haircuts else 1 for s in styles for m in S.MIXES.get(s, (s,)))
+    faces = sum(2 if m.haircuts else 1 for s in styles for m in S.MIXES.get(s, (S.STYLES[s],)))
     BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, faces * 1000 * 8 * args.size**2 * 5 // 4)
     jobs = {
         ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(

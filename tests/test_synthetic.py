@@ -697,7 +697,7 @@ def test_a_mix_renders_each_image_as_its_drawn_style_alone():
         assert torch.equal(images[at], alone), style
         for k, v in na.items():
             assert torch.equal(n[k][at], v), (style, k)
-    flat = drawn == mix.index("flat")
+    flat = drawn == [s.name for s in mix].index("flat")
     for key, neutral in (("gamma", 1.0), ("grey", 0.0), ("zoom", 1.0), ("eyeglasses", 0.0)):
         assert bool((n[key][flat] == neutral).all()), key
     # the draw: per image (not per identity), deterministic, balanced over many images
@@ -736,3 +736,44 @@ def test_nbface_synth_writes_a_mix_with_its_drawn_style(tmp_path):
     drawn = [int(float(r["mix_style"])) for r in rows]
     expected = S.shading.mix_choice("mixed", 0, torch.arange(12) // 3, torch.arange(12) % 3)
     assert drawn == expected.tolist()
+
+
+# --------------------------------------------------------------------------- per-identity warp
+def test_a_morph_is_each_identitys_own_smooth_warp_and_a_twin_keeps_its_partners():
+    from nbfacelib.data.synthetic.morph import morph_fields
+
+    ids = torch.arange(2000)
+    f = morph_fields(ids, 0, 0.05)
+    assert f.shape == (2000, 2, 16, 16)
+    rms_px = float(f.norm(dim=1).pow(2).mean().sqrt()) * 56  # a face unit is 56 px of a 112 image
+    assert 2.0 < rms_px < 4.0, rms_px  # the documented 2.9 px
+    assert torch.allclose(morph_fields(ids, 0, 0.01), f / 5, atol=1e-7)  # linear in the scale
+    assert not torch.equal(morph_fields(ids, 1, 0.05), f)  # the seed draws other warps
+    # smooth: neighbouring table points (1/7.5 face unit apart) move nearly alike
+    step = (f[..., 1:] - f[..., :-1]).abs().amax()
+    assert float(step) < 0.25 * float(f.abs().amax())
+    # a near twin's warp is its partner's, nudged; a stranger's is not
+    parents = S.twin_parent(ids, seed=0)
+    kids = (parents >= 0).nonzero().flatten()
+    d_twin = (f[kids] - f[parents[kids]]).norm(dim=1).mean()
+    d_other = (f[kids] - f[parents[kids].roll(1)]).norm(dim=1).mean()
+    assert float(d_twin) < 0.3 * float(d_other)
+
+
+def test_a_morphed_style_warps_the_face_and_draws_the_same_base_faces():
+    from dataclasses import replace
+
+    eyewear = S.STYLES["eyewear"]
+    ids, s = torch.arange(6), torch.zeros(6, dtype=torch.long)
+    plain, n_plain = render(ids, s, seed=3, style=eyewear, overrides=CLEAN)
+    same, _ = render(ids, s, seed=3, style=replace(eyewear, name="m0", morph=0.0), overrides=CLEAN)
+    assert torch.equal(plain, same)  # morph 0 is the style without it
+    warped, n_warped = render(ids, s, seed=3, style=replace(eyewear, name="m", morph=0.05), overrides=CLEAN)
+    moved = (warped.float() - plain.float())[..., 20:100, 20:92].abs().mean((1, 2, 3))
+    assert bool((moved > 1.0).all()), moved  # every face changes shape
+    assert all(torch.equal(n_plain[k], n_warped[k]) for k in NUISANCE_KEYS if k != "quality")
+    # the warp is applied at posing: the base face is filed under the style's drawing only
+    assert replace(eyewear, name="m", morph=0.05).drawing == eyewear.drawing
+    assert S.MIXES["morphed"][0].flat and S.MIXES["morphed"][0].morph == 0.05
+    with pytest.raises(ValueError, match="morph"):
+        S.Style("x", morph=0.5)

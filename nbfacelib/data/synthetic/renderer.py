@@ -26,6 +26,7 @@ from .detail import detail_params, draw_eyeglasses, strand_texture
 from .face import _face_oval, draw_eyelids, draw_mouth, draw_occluders, per_image, pixel_grid, render_base
 from .hair import hair_layers, hair_params, with_hair_height
 from .identity import identity_params
+from .morph import morph_grid
 from .nuisances import (
     NUISANCE_KEYS,
     check_difficulty,
@@ -218,7 +219,7 @@ def base_faces(
     dkey = str(device)
     # the flat faces keep their cache key; any other style's faces are cached apart, and the
     # hair style's by haircut too
-    skey = () if style is None or style.flat else (style,)
+    skey = () if style is None or style.flat else (style.drawing,)
     keys = [(seed, i, size, dkey, *skey, *((c,) if hair else ())) for i, c in zip(ids, cuts)]
     got = [BASE_CACHE.get(k) for k in keys]
     miss = [j for j, g in enumerate(got) if g is None]
@@ -368,12 +369,12 @@ def render_mix(
     choice = mix_choice(mix, seed, ids, smp)
     images = None
     n: dict[str, torch.Tensor] = {}
-    for i, name in enumerate(MIXES[mix]):
+    for i, member in enumerate(MIXES[mix]):
         at = (choice == i).nonzero().flatten()
         if B and not at.numel():
             continue
         part_ov = {k: v[at] for k, v in ov.items()}
-        img, part = render(ids[at], smp[at], seed, size, difficulty, device, part_ov, return_masks, name)
+        img, part = render(ids[at], smp[at], seed, size, difficulty, device, part_ov, return_masks, member)
         part = {**neutral_style_nuisances(part["yaw"]), **part, "mix_style": torch.full_like(part["yaw"], i)}
         if images is None:
             images = img.new_empty((B, *img.shape[1:]))
@@ -412,11 +413,16 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
         n["shadow_fraction"] = (shadow * face_mask).sum((1, 2)) / face_mask.sum((1, 2)).clamp(min=1)
         framed = {**n, "scale": n["scale"] * n["zoom"]}  # a tighter crop: the face drawn larger
         grid = pose_grid(framed, size, device, depth=canon[:, 5] * 1.2)
+        if style.morph:
+            grid = morph_grid(grid, identities, seed, style.morph)
         rgba = F.grid_sample(canon[:, :4], grid, align_corners=False)
         img = rgba[:, :3].mul_(gain[:, :, None, None])
     else:
         # Pose + alignment jitter: one grid_sample of premultiplied RGBA.
-        rgba = F.grid_sample(canon[:, :4], pose_grid(n, size, device), align_corners=False)
+        grid = pose_grid(n, size, device)
+        if style.morph:
+            grid = morph_grid(grid, identities, seed, style.morph)
+        rgba = F.grid_sample(canon[:, :4], grid, align_corners=False)
         # The light field shades the head; the background only dims with the light strength.
         # Colour cast and exposure are a per-channel gain on both.
         img = (rgba[:, :3] * lighting(n, size, device)).mul_(gain[:, :, None, None])

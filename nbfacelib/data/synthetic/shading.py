@@ -32,7 +32,7 @@ Everything a style adds per image is recorded (:data:`SHADED_KEYS`) and enters t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,9 @@ class Style:
     vignetting nuisances; ``framing``: zoom and pillarbox nuisances; ``detail``: eyes, brows
     and hair strands of :mod:`.detail`; ``eyewear``: clear eyeglasses (:mod:`.detail`); ``hair``:
     hair as a volume of varied outline, hairline and length (:mod:`.hair`); ``haircuts``: a
-    quarter of an identity's images show its other haircut (recorded as ``haircut``)."""
+    quarter of an identity's images show its other haircut (recorded as ``haircut``); ``morph``:
+    each identity's own smooth warp of this coefficient scale (:mod:`.morph`; 0: none). The
+    warp draws nothing, so ``flat`` stays true of a flat style with it."""
 
     name: str
     relief: bool = False
@@ -65,6 +67,7 @@ class Style:
     eyewear: bool = False
     hair: bool = False
     haircuts: bool = False
+    morph: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shadows and not self.relief:
@@ -73,6 +76,8 @@ class Style:
             raise ValueError(f"style {self.name!r}: hair is drawn with the detailed faces (detail=True)")
         if self.haircuts and not self.hair:
             raise ValueError(f"style {self.name!r}: haircuts need hair")
+        if not 0.0 <= self.morph <= 0.1:
+            raise ValueError(f"style {self.name!r}: morph={self.morph!r} must be in [0, 0.1] (face units)")
         if not 0.0 <= self.grey <= 1.0:
             raise ValueError(f"style {self.name!r}: grey={self.grey!r} must be a probability")
 
@@ -88,6 +93,12 @@ class Style:
             or self.eyewear
             or self.hair
         )
+
+    @property
+    def drawing(self) -> tuple:
+        """What the base face depends on (every part but the name and the warp, which is
+        applied at posing): the key its cached faces are filed under."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in ("name", "morph"))
 
 
 # The ablation ladder: each style adds one part to the one before it (``framed`` to
@@ -135,7 +146,12 @@ _STYLE_STREAMS = 10  # per-image uniforms of a style, hashed apart from the flat
 # textured, shaded, framed, eyewear, hair, haircuts) was not (BENCHMARKS.md, "A mix of
 # styles"). A mix's images record every style's keys
 # (:data:`SHADED_KEYS`, neutral where their style lacks the part) and ``mix_style``.
-MIXES: dict[str, tuple[str, ...]] = {"mixed": ("flat", "shaded", "eyewear", "haircuts")}
+_MIXED = ("flat", "shaded", "eyewear", "haircuts")
+MIXES: dict[str, tuple[Style, ...]] = {
+    "mixed": tuple(STYLES[m] for m in _MIXED),
+    # the same four, each identity warped by its own smooth field (.morph)
+    "morphed": tuple(replace(STYLES[m], name=f"{m}+morph", morph=0.05) for m in _MIXED),
+}
 MIX_KEYS = ("mix_style",)  # index, into the mix's styles, of the style an image was drawn in
 
 
