@@ -18,6 +18,7 @@ package, in the order data flows:
 - :mod:`.detail`: the ``detailed`` styles' eyes, brows, hair strands and clear eyeglasses;
 - :mod:`.hair`: the ``hair`` styles' hair as a volume (outline, hairline, length, texture) and
   each person's second haircut;
+- :mod:`.morph`: each identity's own smooth, symmetric warp (the ``morphed`` mix);
 - :mod:`.face`: drawing an identity's frontal face and the per-image overlays in its frame;
 - :mod:`.renderer`: pose, scene, camera degradations and the base-face cache: :func:`render`;
 - :mod:`.dataset`: :class:`SyntheticFaces`, the torch Dataset.
