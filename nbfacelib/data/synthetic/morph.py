@@ -75,7 +75,10 @@ def morph_fields(identities: torch.Tensor, seed: int, amplitude: float) -> torch
 
 
 def morph_grid(grid: torch.Tensor, identities: torch.Tensor, seed: int, amplitude: float) -> torch.Tensor:
-    """The pose grid (B, S, S, 2) with each identity's warp added: p -> p + D(p)."""
+    """The pose grid (B, S, S, 2) with each identity's warp added: p -> p + D(p); the grid
+    itself when ``amplitude`` is 0 (a style without the warp)."""
+    if not amplitude:
+        return grid
     field = morph_fields(identities, seed, amplitude)
     shift = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return grid + shift.permute(0, 2, 3, 1)

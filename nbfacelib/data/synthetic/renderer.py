@@ -412,16 +412,14 @@ def _render_chunk(identities, samples, seed, size, difficulty, overrides, return
         canon[:, :3].mul_(lit).addcmul_(spec, canon[:, 3:4])
         n["shadow_fraction"] = (shadow * face_mask).sum((1, 2)) / face_mask.sum((1, 2)).clamp(min=1)
         framed = {**n, "scale": n["scale"] * n["zoom"]}  # a tighter crop: the face drawn larger
-        grid = pose_grid(framed, size, device, depth=canon[:, 5] * 1.2)
-        if style.morph:
-            grid = morph_grid(grid, identities, seed, style.morph)
+        grid = morph_grid(
+            pose_grid(framed, size, device, depth=canon[:, 5] * 1.2), identities, seed, style.morph
+        )
         rgba = F.grid_sample(canon[:, :4], grid, align_corners=False)
         img = rgba[:, :3].mul_(gain[:, :, None, None])
     else:
         # Pose + alignment jitter: one grid_sample of premultiplied RGBA.
-        grid = pose_grid(n, size, device)
-        if style.morph:
-            grid = morph_grid(grid, identities, seed, style.morph)
+        grid = morph_grid(pose_grid(n, size, device), identities, seed, style.morph)
         rgba = F.grid_sample(canon[:, :4], grid, align_corners=False)
         # The light field shades the head; the background only dims with the light strength.
         # Colour cast and exposure are a per-channel gain on both.
