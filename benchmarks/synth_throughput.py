@@ -32,6 +32,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def styles_of(name: str) -> tuple:
+    """The Styles a name renders in: a mix's members, or the one style. (Not
+    ``MIXES.get(name, (STYLES[name],))``: that default is looked up first and fails for a mix.)"""
+    from nbfacelib.data import synthetic as S
+
+    return S.MIXES[name] if name in S.MIXES else (S.STYLES[name],)
+
+
 class Renderer:
     """Renders batches of ``batch`` faces; ``warm``: ``warm_ids`` identities whose frontal faces
     are cached; cold: a new identity for every image."""
@@ -62,7 +70,7 @@ class Renderer:
         self.style = style
         if warm:  # (each style's base faces are cached under their own key; both haircuts; a
             # mix's images are its styles' images, so a mix is warm when its styles are)
-            for member in S.MIXES.get(style, (S.STYLES[style],)):
+            for member in styles_of(style):
                 cuts = (0.0, 1.0) if member.haircuts else (None,)
                 for i in range(0, warm_ids, batch):
                     ids = torch.arange(i, min(i + batch, warm_ids))
@@ -225,7 +233,6 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {machine()}; device {device}; freed memory kept: {kept}")
     rounds = max(1, n // args.batch_size)
-    from nbfacelib.data import synthetic as S
     from nbfacelib.data.synthetic import BASE_CACHE
 
     BASE_CACHE.clear()
@@ -233,7 +240,7 @@ def main() -> None:
     # Every style caches its own base faces (uint8, 5 channels, 8 with relief): room for the 1,000
     # warm identities of each, or interleaved styles evict each other and "warm" is partly cold.
     # (a style with haircuts caches two faces per identity)
-    faces = sum(2 if m.haircuts else 1 for s in styles for m in S.MIXES.get(s, (S.STYLES[s],)))
+    faces = sum(2 if m.haircuts else 1 for s in styles for m in styles_of(s))
     BASE_CACHE.max_bytes = max(BASE_CACHE.max_bytes, faces * 1000 * 8 * args.size**2 * 5 // 4)
     jobs = {
         ("render, warm cache" if s == "flat" else f"render {s}, warm"): Renderer(

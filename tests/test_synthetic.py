@@ -783,3 +783,13 @@ def test_a_morphed_style_warps_the_face_and_draws_the_same_base_faces():
     assert S.MIXES["morphed"][0].flat and S.MIXES["morphed"][0].morph == 0.05
     with pytest.raises(ValueError, match="morph"):
         S.Style("x", morph=0.5)
+
+
+def test_the_render_rate_benchmark_warms_a_mix_from_its_styles():
+    # benchmarks/synth_throughput.py once looked a mix up as MIXES.get(name, (STYLES[name],)),
+    # whose default fails for every mix; a mix is warm when each of its styles' faces is cached
+    from benchmarks.synth_throughput import Renderer, styles_of
+
+    assert styles_of("morphed") == S.MIXES["morphed"] and styles_of("flat") == (S.STYLES["flat"],)
+    job = Renderer(4, torch.device("cpu"), 112, "medium", warm=True, warm_ids=4, style="morphed")
+    assert job() > 0
