@@ -14,7 +14,9 @@ terms of that parity, 8 for x and 7 for y, so 15 shape factors per identity). Fa
 nearly symmetric, and training flips images at random: an asymmetric warp would show each
 person with two mirror shapes. The first version, asymmetric (all 15 terms for each of x and
 y), moved LFW by -1.6 and +1.4 points on two seeds: not adopted (BENCHMARKS.md, "A face
-shape of its own"). Neither version is notebook 00's preset: ``morphed`` is an experiment.
+shape of its own"). The symmetric one is: its LFW trunk accuracy beat ``mixed``'s on both
+seeds of the rule stated before they ran (+0.2 and +0.03 points, narrow), so the ``morphed``
+mix is what notebook 00's cpu preset trains on.
 ``morph = 0.05`` (the ``morphed`` mix) moves a point of a 112 image by 2.1 px, RMS over the
 image and 2,000 identities (99th percentile 4.6 px): jaws, face outlines and feature spacings
 visibly change.

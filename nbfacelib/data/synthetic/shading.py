@@ -149,8 +149,9 @@ _STYLE_STREAMS = 10  # per-image uniforms of a style, hashed apart from the flat
 _MIXED = ("flat", "shaded", "eyewear", "haircuts")
 MIXES: dict[str, tuple[Style, ...]] = {
     "mixed": tuple(STYLES[m] for m in _MIXED),
-    # the same four, each identity warped by its own smooth field (.morph); an experiment, not
-    # chosen (one seed of the two its LFW rule needs was run: BENCHMARKS.md)
+    # the same four, each identity warped by its own smooth, symmetric field (.morph): notebook
+    # 00's cpu preset, chosen over ``mixed`` on LFW, seeds 0 and 1 (BENCHMARKS.md, "A face shape
+    # of its own")
     "morphed": tuple(replace(STYLES[m], name=f"{m}+morph", morph=0.05) for m in _MIXED),
 }
 MIX_KEYS = ("mix_style",)  # index, into the mix's styles, of the style an image was drawn in
