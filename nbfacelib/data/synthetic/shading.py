@@ -150,8 +150,8 @@ _MIXED = ("flat", "shaded", "eyewear", "haircuts")
 MIXES: dict[str, tuple[Style, ...]] = {
     "mixed": tuple(STYLES[m] for m in _MIXED),
     # the same four, each identity warped by its own smooth, symmetric field (.morph): notebook
-    # 00's cpu preset, chosen over ``mixed`` on LFW, seeds 0 and 1 (BENCHMARKS.md, "A face shape
-    # of its own")
+    # 00's cpu preset, chosen over ``mixed`` on LFW, seeds 0 and 1 (BENCHMARKS.md, "The
+    # symmetric warp judged, and six seeds of it")
     "morphed": tuple(replace(STYLES[m], name=f"{m}+morph", morph=0.05) for m in _MIXED),
 }
 MIX_KEYS = ("mix_style",)  # index, into the mix's styles, of the style an image was drawn in
