@@ -34,6 +34,15 @@ def test_config_from_namespace_and_key():
     assert grid.config_key(cfg) == grid.config_key(cfg.replace(out="elsewhere", progress=True, log_every=3))
     assert grid.config_key(cfg) != grid.config_key(cfg.replace(lr=0.1))
     assert grid.config_key(cfg) != grid.config_key(cfg, prerendered=True)
+    # an option added later leaves the key of a run at its default as it was, and moves it when set
+    import hashlib
+    import json
+
+    old = {k: v for k, v in cfg.to_dict().items() if k not in grid.NOT_IN_KEY and k != "rand_conv"}
+    old["_prerendered"] = False
+    blob = json.dumps(old, sort_keys=True, default=str).encode()
+    assert grid.config_key(cfg) == hashlib.sha256(blob).hexdigest()
+    assert grid.config_key(cfg) != grid.config_key(cfg.replace(rand_conv=0.5))
     assert grid.synthetic_uri(5, 2, seed=1) == "synthetic:ids=5,per_id=2,seed=1,difficulty=medium"
 
 
