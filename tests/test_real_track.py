@@ -134,9 +134,56 @@ def test_augment_jitter_equals_torchvision_image_by_image():
         assert (out.int() - (255 * y).round().int()).abs().max() <= 1
 
 
+def test_rand_conv_equals_a_per_image_loop_and_leaves_the_rest_alone():
+    """RandConv (Xu et al. 2021): each chosen image convolved with its own kernel, checked
+    against an independent loop of single-image convolutions; the crop and jitter draws, and
+    every image it skips, are those of the same augmentation without it."""
+    x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    plain = TrainAugment(32, crop_scale=[0.6, 1.0], color_jitter=0.3)
+    conv = TrainAugment(32, crop_scale=[0.6, 1.0], color_jitter=0.3, rand_conv=0.5)
+    p0 = plain.sample(x, torch.Generator().manual_seed(5))
+    p1 = conv.sample(x, torch.Generator().manual_seed(5))
+    assert torch.equal(p0["boxes"], p1["boxes"]) and torch.equal(p0["factors"], p1["factors"])
+    assert 0 < int(p1["conv_on"].sum()) < 16 and set(p1["conv_size"].tolist()) <= {1, 3, 5, 7}
+    before, after = plain.apply(x, p0), conv.apply(x, p1)
+    skipped = ~p1["conv_on"]
+    assert torch.equal(before[skipped], after[skipped])
+    for i in torch.nonzero(p1["conv_on"]).flatten().tolist():
+        k = int(p1["conv_size"][i])
+        lo = (7 - k) // 2
+        w = p1["conv_weights"][i][..., lo : lo + k, lo : lo + k]
+        alone = conv.apply(x[i : i + 1], {key: value[i : i + 1] for key, value in p1.items()})
+        assert torch.equal(alone[0], after[i])  # one image alone: the same bytes as in the batch
+        pre = TrainAugment(32, crop_scale=[0.6, 1.0], color_jitter=0.3).apply(
+            x[i : i + 1], {"boxes": p1["boxes"][i : i + 1], "factors": p1["factors"][i : i + 1]}
+        )
+        a = float(p1["conv_alpha"][i])
+        y = pre.float() / 127.5 - 1
+        c = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(y, (k // 2,) * 4, mode="reflect") if k > 1 else y, w
+        )
+        want = ((a * y + (1 - a) * c).clamp(-1, 1) + 1) * 127.5
+        # the batch path convolves the unrounded jittered image; rounding moves it by < 1 level + blend
+        assert (after[i].float() - want[0].round()).abs().max() <= 2
+    # the kernels are He-normal at their own size: std 1 / sqrt(3 k^2)
+    big = TrainAugment(8, rand_conv=1.0).sample(
+        torch.zeros(4000, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(0)
+    )
+    for k in (1, 3, 5, 7):
+        lo = (7 - k) // 2
+        w = big["conv_weights"][big["conv_size"] == k][..., lo : lo + k, lo : lo + k]
+        assert abs(float(w.std()) * (3 * k * k) ** 0.5 - 1) < 0.05
+    assert bool(big["conv_on"].all())
+    assert TrainAugment(8, rand_conv=0.5).active and not TrainAugment(8).active
+
+
 def test_augment_config_is_checked():
     with pytest.raises(ValueError, match="crop_scale=\\[0.9, 0.5\\]"):
         TrainConfig(crop_scale=[0.9, 0.5])
+    with pytest.raises(ValueError, match="rand_conv=1.5"):
+        TrainConfig(rand_conv=1.5)
+    with pytest.raises(ValueError, match="rand_conv=-1"):
+        TrainAugment(8, rand_conv=-1)
     with pytest.raises(ValueError, match="an area fraction"):
         TrainConfig(crop_scale=[0.5, 1.5])
     with pytest.raises(ValueError, match="color_jitter=-0.1"):
