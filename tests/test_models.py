@@ -352,3 +352,52 @@ def test_embedding_head_runs_in_float32_under_autocast(name, head):
     assert low.dtype == torch.float32
     with torch.no_grad():  # without autocast nothing changes: a float64 model stays float64
         assert model.double()(x.double()).dtype == torch.float64
+
+
+def test_mix_style_equals_a_per_image_loop():
+    """MixStyle (Zhou et al. 2021) against an independent loop in float64 over the same draws:
+    each image normalised by its own channel statistics and given the blend of its and its
+    partner's; identity in eval mode and when the batch is not drawn."""
+    import numpy as np
+
+    from nbfacelib.models.layers import MixStyle
+
+    x = torch.randn(6, 4, 5, 5) * 3 + 1
+    mix = MixStyle(p=1.0, alpha=0.1).train()
+    torch.manual_seed(7)
+    got = mix(x)
+    torch.manual_seed(7)  # the same draws, in the module's order
+    torch.rand(())
+    beta = torch.distributions.Beta(torch.tensor(0.1), torch.tensor(0.1))
+    lam = beta.sample((6, 1, 1, 1)).numpy().ravel().astype(np.float64)
+    perm = torch.randperm(6).numpy()
+    xs = x.double().numpy()
+    for i in range(6):
+        j = perm[i]
+        for c in range(4):
+            a, b = xs[i, c], xs[j, c]
+            mu_a, mu_b = a.mean(), b.mean()
+            sd_a = np.sqrt(a.var(ddof=1) + 1e-6)  # torch's var is the unbiased one, as the authors'
+            sd_b = np.sqrt(b.var(ddof=1) + 1e-6)
+            want = (
+                (a - mu_a) / sd_a * (lam[i] * sd_a + (1 - lam[i]) * sd_b)
+                + lam[i] * mu_a
+                + (1 - lam[i]) * mu_b
+            )
+            np.testing.assert_allclose(got[i, c].double().numpy(), want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, x)  # it changed the batch
+    assert torch.equal(mix.eval()(x), x)
+    assert torch.equal(MixStyle(p=0.0).train()(x), x)
+    with pytest.raises(ValueError, match="p=1.5"):
+        MixStyle(p=1.5)
+    # in the backbone: training draws, evaluation does not; the state dict is that of the plain net
+    net = build_backbone("ir_tiny", embedding_size=16, input_size=32, mix_style=1.0)
+    plain = build_backbone("ir_tiny", embedding_size=16, input_size=32)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(net.state_dict())
+    net.eval(), plain.eval()
+    img = torch.randn(4, 3, 32, 32)
+    assert torch.equal(net(img), plain(img))
+    net.train(), plain.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(net(img), plain(img))

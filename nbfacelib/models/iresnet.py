@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from nbfacelib.models.layers import (
+    MixStyle,
     batchnorm2d,
     conv1x1,
     conv3x3,
@@ -91,6 +92,10 @@ class IResNet(nn.Module):
             identity (Goyal et al. 2017, as torchvision). ``"official"`` reproduces
             arcface_torch's flag, which zeroes ``bn2`` instead (the BN before the PReLU): the
             branch also starts at zero, but bn3's scale and conv2 then get no gradient at step 0.
+        mix_style: probability per training batch of MixStyle (:class:`~nbfacelib.models.layers.
+            MixStyle`, Zhou et al. 2021) after the first two stages, as the paper places it in a
+            ResNet (0: off, the default; no parameters, so saved weights load either way).
+        mix_style_alpha: MixStyle's Beta(alpha, alpha) concentration (the paper's 0.1).
     """
 
     def __init__(
@@ -101,6 +106,8 @@ class IResNet(nn.Module):
         dropout: float = 0.0,
         width: float = 1.0,
         zero_init_residual: bool | str = False,
+        mix_style: float = 0.0,
+        mix_style_alpha: float = 0.1,
     ):
         super().__init__()
         layers = [int(n) for n in layers]
@@ -125,6 +132,8 @@ class IResNet(nn.Module):
         for i, (n_blocks, out_ch) in enumerate(zip(layers, channels), start=1):
             self.add_module(f"layer{i}", self._make_stage(in_ch, out_ch, n_blocks))
             in_ch = out_ch
+
+        self.mix_style = MixStyle(mix_style, mix_style_alpha) if mix_style else nn.Identity()
 
         h, w = self.feature_size
         self.bn2 = batchnorm2d(in_ch)
@@ -159,8 +168,8 @@ class IResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> last stage's map (B, num_features, *feature_size), before the head."""
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer1(x)
-        x = self.layer2(x)
+        x = self.mix_style(self.layer1(x))
+        x = self.mix_style(self.layer2(x))
         x = self.layer3(x)
         return self.layer4(x)
 

@@ -149,3 +149,41 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class MixStyle(nn.Module):
+    """MixStyle (Zhou et al., ICLR 2021, "Domain Generalization with MixStyle"): in training,
+    with probability ``p`` per batch, each image's feature statistics (per-channel mean ``mu``
+    and standard deviation ``sig`` over H x W) are blended with those of another image of the
+    batch (a random permutation), ``lam ~ Beta(alpha, alpha)`` per image:
+
+        out = (x - mu) / sig * (lam sig + (1 - lam) sig[perm]) + lam mu + (1 - lam) mu[perm]
+
+    with ``sig = sqrt(var + eps)`` and the statistics detached, as the authors' code. It
+    synthesises new "styles" (the statistics of early features carry texture and contrast)
+    while the content stays. Identity in eval mode and at ``p = 0``; no parameters. Its draws
+    use torch's global generator, which training checkpoints, so a resumed run draws the same.
+    Hand-written: no well-kept library ships it (timm has none; the authors' module is this
+    dozen lines)."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        if not 0.0 <= p <= 1.0 or alpha <= 0:
+            raise ValueError(f"MixStyle p={p} must be in [0, 1] and alpha={alpha} > 0")
+        self.p, self.alpha, self.eps = float(p), float(alpha), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or float(torch.rand(())) >= self.p:
+            return x
+        n = x.shape[0]
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
+        beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
+        lam = beta.sample((n, 1, 1, 1)).to(x.device, x.dtype)
+        perm = torch.randperm(n).to(x.device)
+        mu_mix = lam * mu + (1 - lam) * mu[perm]
+        sig_mix = lam * sig + (1 - lam) * sig[perm]
+        return (x - mu) / sig * sig_mix + mu_mix
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, alpha={self.alpha}"
