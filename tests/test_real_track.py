@@ -10,7 +10,7 @@ import torch
 
 from nbfacelib.cli import main
 from nbfacelib.data.folder import write_image_folder
-from nbfacelib.data.transforms import TrainAugment, resize
+from nbfacelib.data.transforms import TrainAugment, resize, shift_hue
 from nbfacelib.train import TrainConfig
 from nbfacelib.train.data import TrainBatches, resolve_validation
 
@@ -134,6 +134,36 @@ def test_augment_jitter_equals_torchvision_image_by_image():
         assert (out.int() - (255 * y).round().int()).abs().max() <= 1
 
 
+def test_hue_jitter_equals_torchvision_image_by_image():
+    """The batched hue shift against torchvision's adjust_hue, one image and one shift at a
+    time; the other draws are those of the augmentation without it."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    x = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
+    x[0] = x[0, :1]  # a grey image: hue leaves it as it is
+    aug = TrainAugment(20, color_jitter=0.3, hue=0.5)
+    params = aug.sample(x, torch.Generator().manual_seed(2))
+    plain = TrainAugment(20, color_jitter=0.3).sample(x, torch.Generator().manual_seed(2))
+    assert torch.equal(params["factors"], plain["factors"])
+    shifts = params["hue_shift"]
+    assert shifts.abs().max() <= 0.5 and shifts.min() < 0 < shifts.max()
+    jittered = TrainAugment(20, color_jitter=0.3).apply(x, plain)
+    got = aug.apply(x, params)
+    assert torch.equal(got[0], jittered[0])
+    for img, shift, out in zip(jittered, shifts.tolist(), got):
+        want = tvf.adjust_hue(img.float() / 255, shift)
+        # the batch path shifts the unrounded jittered image, the reference the rounded one
+        assert (out.int() - (255 * want).round().int()).abs().max() <= 2
+    # the kernel alone, on the same float images: torchvision's numbers
+    floats = torch.rand(6, 3, 12, 12)
+    floats[1] = floats[1, :1]
+    along = torch.tensor([-0.5, -0.25, -0.01, 0.0, 0.3, 0.5])
+    batched = shift_hue(floats, along)
+    for img, shift, out in zip(floats, along.tolist(), batched):
+        assert (out - tvf.adjust_hue(img, shift)).abs().max() < 1e-5
+    assert (got.int() - jittered.int()).abs().max() > 20  # it moved colours
+
+
 def test_rand_conv_equals_a_per_image_loop_and_leaves_the_rest_alone():
     """RandConv (Xu et al. 2021): each chosen image convolved with its own kernel, checked
     against an independent loop of single-image convolutions; the crop and jitter draws, and
@@ -182,6 +212,8 @@ def test_augment_config_is_checked():
         TrainConfig(crop_scale=[0.9, 0.5])
     with pytest.raises(ValueError, match="rand_conv=1.5"):
         TrainConfig(rand_conv=1.5)
+    with pytest.raises(ValueError, match="hue=0.7"):
+        TrainConfig(hue=0.7)
     with pytest.raises(ValueError, match="rand_conv=-1"):
         TrainAugment(8, rand_conv=-1)
     with pytest.raises(ValueError, match="an area fraction"):

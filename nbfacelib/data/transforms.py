@@ -47,10 +47,14 @@ class TrainAugment:
     image; brightness ``x b``, then contrast (blend with the image's mean grey level), then
     saturation (blend with its grey image), clamped to [0, 255] after each, exactly
     torchvision's ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` on float
-    images (the test checks it image by image). Hand-written because torchvision's transforms
-    draw one set of parameters per call: per-image draws over a batch would be a Python loop of
-    single-image calls, on a CPU as slow as the training step itself. The draws come from
-    ``generator`` only, so a batch stays a pure function of (seed, step), as resume needs.
+    images (the test checks it image by image). Hue (``hue`` h > 0, torchvision's
+    ``ColorJitter(hue=h)``): a shift ``u ~ U(-h, h)`` of each image's HSV hue, after the other
+    three, torchvision's ``adjust_hue`` batched with one shift per image (:func:`shift_hue`).
+    Hand-written because torchvision's transforms draw one set of parameters per call: per-image
+    draws over a batch would be a Python loop of single-image calls, on a CPU as slow as the
+    training step itself.
+    The draws come from ``generator`` only, so a batch stays a pure function of (seed, step), as
+    resume needs.
     Random convolution (RandConv, Xu et al., ICLR 2021, "Robust and Generalizable Visual
     Representation Learning via Random Convolutions", the mixing variant RC_mix), last, with
     probability ``rand_conv`` per image: a kernel of size ``k`` drawn from
@@ -71,6 +75,7 @@ class TrainAugment:
         crop_ratio=(0.9, 1.1),
         color_jitter: float = 0.0,
         rand_conv: float = 0.0,
+        hue: float = 0.0,
     ):
         self.size = int(size)
         self.crop_scale = None if crop_scale is None else tuple(float(v) for v in crop_scale)
@@ -79,17 +84,20 @@ class TrainAugment:
         self.rand_conv = float(rand_conv)
         if not 0.0 <= self.rand_conv <= 1.0:
             raise ValueError(f"rand_conv={rand_conv}: a probability in [0, 1]")
+        self.hue = float(hue)
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue={hue}: a hue shift range in [0, 0.5] (torchvision's ColorJitter)")
 
     @property
     def active(self) -> bool:
-        return self.crop_scale is not None or self.color_jitter > 0 or self.rand_conv > 0
+        return self.crop_scale is not None or self.color_jitter > 0 or self.rand_conv > 0 or self.hue > 0
 
     def sample(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Per-image parameters: ``boxes`` (N, 4) x1, y1, x2, y2 in pixels (None: no crop) and
         ``factors`` (N, 3) brightness, contrast, saturation (None: no jitter); with
         ``rand_conv``, ``conv_on`` (N,) bool, ``conv_size`` (N,) kernel sizes, ``conv_alpha`` (N,)
         blend weights and ``conv_weights`` (N, 3, 3, K, K) at the largest size K, scaled to their
-        own size's variance (the centre k x k is used)."""
+        own size's variance (the centre k x k is used); with ``hue``, ``hue_shift`` (N,)."""
         import math
 
         n, (h, w) = len(images), images.shape[-2:]
@@ -107,6 +115,8 @@ class TrainAugment:
         if self.color_jitter:
             c = self.color_jitter
             out["factors"] = (1 - c + 2 * c * torch.rand(n, 3, generator=generator)).clamp(min=0)
+        if self.hue:
+            out["hue_shift"] = self.hue * (2 * torch.rand(n, generator=generator) - 1)
         if self.rand_conv:
             sizes = torch.tensor(RAND_CONV_SIZES)
             out["conv_on"] = torch.rand(n, generator=generator) < self.rand_conv
@@ -141,6 +151,8 @@ class TrainAugment:
             mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
             x = (x * f[:, 1] + mean * (1 - f[:, 1])).clamp_(0, 255)
             x = (x * f[:, 2] + _grey(x) * (1 - f[:, 2])).clamp_(0, 255)
+        if params.get("hue_shift") is not None:
+            x = shift_hue(x / 255.0, params["hue_shift"].to(x.device)) * 255.0
         if params.get("conv_on") is not None:
             x = _rand_conv(x, params)
         return x.round_().clamp_(0, 255).to(torch.uint8)
@@ -148,6 +160,36 @@ class TrainAugment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size)."""
         return self.apply(images, self.sample(images, generator))
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` on float (N, 3, H, W) images in [0, 1] with one hue shift
+    per image: its own RGB -> HSV -> RGB (Pillow's formulas, as torchvision writes them) with
+    the shift broadcast over the batch. Hand-written because ``adjust_hue`` takes one factor
+    per call; the test checks it against ``adjust_hue`` image by image."""
+    r, g, _ = x.unbind(dim=-3)
+    minc, maxc = torch.aminmax(x, dim=-3)
+    eqc = maxc == minc
+    ones = torch.ones_like(maxc)
+    sat = (maxc - minc) / torch.where(eqc, ones, maxc)
+    divisor = torch.where(eqc, ones, maxc - minc).unsqueeze(-3)
+    rc, gc, bc = ((maxc.unsqueeze(-3) - x) / divisor).unbind(dim=-3)
+    not_r, is_g = maxc != r, maxc == g
+    h = (bc - gc) * ~not_r + (rc + 2.0 - bc) * (is_g & not_r) + (gc + 4.0 - rc) * (not_r & ~is_g)
+    h = (h / 6.0 + 1.0).fmod(1.0)
+    h = (h + shift.view(-1, 1, 1)).remainder(1.0)
+    # HSV -> RGB
+    h6 = h * 6
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.to(torch.int64).remainder(6)
+    v = maxc
+    q = ((1.0 - sat * f) * v).clamp(0.0, 1.0)
+    t = ((sat * f + 1.0 - sat) * v).clamp(0.0, 1.0)
+    p = ((1.0 - sat) * v).clamp(0.0, 1.0)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    return vpqt.gather(-3, select[:, i].moveaxis(0, -3))
 
 
 RAND_CONV_SIZES = (1, 3, 5, 7)  # RandConv's kernel sizes (the paper's multi-scale "1-7")

@@ -60,7 +60,7 @@ NOT_IN_KEY = frozenset(
 )
 # Options added to TrainConfig after runs were cached under their keys: at their default they
 # stay out of the key, so adding an option does not orphan every cached run.
-KEY_OMITTED_AT_DEFAULT = {"rand_conv": 0.0}
+KEY_OMITTED_AT_DEFAULT = {"rand_conv": 0.0, "hue": 0.0}
 TRAIN_SET = "train"  # the evalset name of training rows in the table
 
 

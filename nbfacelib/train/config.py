@@ -53,6 +53,7 @@ class TrainConfig:
     crop_scale: list[float] | None = None  # random crop: area fraction range, e.g. [0.7, 1.0]; None: off
     crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random crop: aspect ratio range
     color_jitter: float = 0.0  # brightness = contrast = saturation jitter strength (ColorJitter); 0: off
+    hue: float = 0.0  # hue jitter: shift range of each image's hue, at most 0.5 (ColorJitter hue); 0: off
     rand_conv: float = 0.0  # probability per image of a random convolution (RandConv, Xu et al. 2021); 0: off
     num_workers: int = 0  # DataLoader workers for folder/rec data (synthetic renders in-process)
     cache_mb: int = 1024  # synthetic: keep rendered images when the whole set fits (MiB)
@@ -130,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"config crop_scale={self.crop_scale!r}: an area fraction, at most 1")
         if self.color_jitter < 0:
             raise ValueError(f"config color_jitter={self.color_jitter}: must be >= 0")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"config hue={self.hue}: a hue shift range in [0, 0.5]")
         if not 0.0 <= self.rand_conv <= 1.0:
             raise ValueError(f"config rand_conv={self.rand_conv}: a probability in [0, 1]")
         if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
