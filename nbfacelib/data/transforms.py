@@ -52,20 +52,22 @@ class TrainAugment:
     three, torchvision's ``adjust_hue`` batched with one shift per image (:func:`shift_hue`).
     Hand-written because torchvision's transforms draw one set of parameters per call: per-image
     draws over a batch would be a Python loop of single-image calls, on a CPU as slow as the
-    training step itself.
-    The draws come from ``generator`` only, so a batch stays a pure function of (seed, step), as
-    resume needs.
+    training step itself. The draws come from ``generator`` only, so a batch stays a pure
+    function of (seed, step), as resume needs.
+
     Random convolution (RandConv, Xu et al., ICLR 2021, "Robust and Generalizable Visual
     Representation Learning via Random Convolutions", the mixing variant RC_mix), last, with
     probability ``rand_conv`` per image: a kernel of size ``k`` drawn from
     :data:`RAND_CONV_SIZES`, weights ``w ~ N(0, 1 / (3 k^2))`` (He-normal, as the paper), no
     bias, applied to the image in the model's [-1, 1] range with reflected borders, and blended
     ``a x + (1 - a) conv(x)``, ``a ~ U(0, 1)``; clamped back to [0, 255]. It keeps shapes and
-    scrambles local texture and colour, the cue synthetic faces get wrong. Hand-written: no
+    scrambles local texture and colour. On notebook 00's synthetic-to-photograph recipe it cost
+    6-8 points of LFW (BENCHMARKS.md, "Domain generalisation methods"). Hand-written: no
     well-kept library has it (the authors' code is a research script). The paper's
     consistency loss between two random convolutions of one image is left out.
     ``crop_scale`` None: no crop (a plain resize to ``size``); ``color_jitter`` 0: no jitter;
-    ``rand_conv`` 0: no random convolution (and no draws for it: other batches are unchanged).
+    ``hue`` / ``rand_conv`` 0: no hue shift / random convolution, and no draws for them, so the
+    batches of a config without them are unchanged.
     """
 
     def __init__(
