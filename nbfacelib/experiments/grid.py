@@ -58,9 +58,9 @@ __all__ = [
 NOT_IN_KEY = frozenset(
     {"out", "progress", "resume", "log_every", "ckpt_every", "eval_every", "num_workers", "preset", "val"}
 )
-# Options added to TrainConfig after runs were cached under their keys: at their default they
-# stay out of the key, so adding an option does not orphan every cached run.
-KEY_OMITTED_AT_DEFAULT = {"rand_conv": 0.0, "hue": 0.0}
+# Options added to TrainConfig after runs were cached under their keys: at their default (the
+# dataclass's own) they stay out of the key, so adding an option does not orphan cached runs.
+KEY_OMITTED_AT_DEFAULT = frozenset({"rand_conv", "hue"})
 TRAIN_SET = "train"  # the evalset name of training rows in the table
 
 
@@ -88,10 +88,11 @@ def config_key(config: TrainConfig, prerendered: bool = False) -> str:
     """sha256 (hex) of the config fields that change the trained weights (all but
     :data:`NOT_IN_KEY`), plus whether synthetic data was pre-rendered (the folder reader
     draws batches differently from the on-the-fly renderer)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in KEY_OMITTED_AT_DEFAULT}
     values = {
         k: v
         for k, v in config.to_dict().items()
-        if k not in NOT_IN_KEY and not (k in KEY_OMITTED_AT_DEFAULT and v == KEY_OMITTED_AT_DEFAULT[k])
+        if k not in NOT_IN_KEY and not (k in defaults and v == defaults[k])
     }
     values["_prerendered"] = bool(prerendered)
     blob = json.dumps(values, sort_keys=True, default=str).encode()

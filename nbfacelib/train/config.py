@@ -131,10 +131,12 @@ class TrainConfig:
             raise ValueError(f"config crop_scale={self.crop_scale!r}: an area fraction, at most 1")
         if self.color_jitter < 0:
             raise ValueError(f"config color_jitter={self.color_jitter}: must be >= 0")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"config hue={self.hue}: a hue shift range in [0, 0.5]")
-        if not 0.0 <= self.rand_conv <= 1.0:
-            raise ValueError(f"config rand_conv={self.rand_conv}: a probability in [0, 1]")
+        from nbfacelib.data.transforms import TrainAugment
+
+        try:  # the augmentation checks its own ranges (hue, rand_conv)
+            TrainAugment(self.input_size, hue=self.hue, rand_conv=self.rand_conv)
+        except ValueError as err:
+            raise ValueError(f"config {err}") from None
         if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
             raise ValueError(f"config average_from={self.average_from}: a fraction of training in [0, 1)")
         if self.steps is None and self.epochs is None:
