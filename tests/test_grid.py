@@ -38,12 +38,17 @@ def test_config_from_namespace_and_key():
     import hashlib
     import json
 
-    old = {k: v for k, v in cfg.to_dict().items() if k not in grid.NOT_IN_KEY | {"rand_conv", "hue"}}
+    old = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in grid.NOT_IN_KEY | {"rand_conv", "hue", "crop_shift"}
+    }
     old["_prerendered"] = False
     blob = json.dumps(old, sort_keys=True, default=str).encode()
     assert grid.config_key(cfg) == hashlib.sha256(blob).hexdigest()
     assert grid.config_key(cfg) != grid.config_key(cfg.replace(rand_conv=0.5))
     assert grid.config_key(cfg) != grid.config_key(cfg.replace(hue=0.1))
+    assert grid.config_key(cfg) != grid.config_key(cfg.replace(crop_shift=0.3))
     assert grid.synthetic_uri(5, 2, seed=1) == "synthetic:ids=5,per_id=2,seed=1,difficulty=medium"
 
 

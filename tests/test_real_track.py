@@ -110,6 +110,31 @@ def test_augment_is_per_image_and_a_function_of_the_generator():
     )
 
 
+def test_crop_shift_keeps_boxes_near_the_centre_and_leaves_the_default_alone():
+    """crop_shift c: each box's offset is the default's draw pulled towards the centre,
+    ``margin * (0.5 + c (u - 0.5))``; c = 1 gives the default's boxes bit for bit, c = 0 centres."""
+    x = torch.zeros(500, 3, 40, 40, dtype=torch.uint8)
+
+    def draw(**kw):
+        return TrainAugment(20, crop_scale=[0.3, 0.6], **kw).sample(x, torch.Generator().manual_seed(7))
+
+    plain, one, shifted, centred = draw(), draw(crop_shift=1.0), draw(crop_shift=0.25), draw(crop_shift=0.0)
+    assert torch.equal(plain["boxes"], one["boxes"])
+    size = plain["boxes"][:, 2:] - plain["boxes"][:, :2]
+    for p in (shifted, centred):  # the same sizes, drawn from the same numbers
+        assert torch.allclose(p["boxes"][:, 2:] - p["boxes"][:, :2], size, atol=1e-4)
+    margin = 40 - size
+    u = plain["boxes"][:, :2] / margin  # the default's uniform draws
+    assert torch.allclose(shifted["boxes"][:, :2], margin * (0.5 + 0.25 * (u - 0.5)), atol=1e-3)
+    assert torch.allclose(centred["boxes"][:, :2], margin / 2, atol=1e-4)
+    off = (shifted["boxes"][:, :2] + size / 2 - 20).abs() / (margin / 2)  # centre offset / free half-margin
+    assert off.max() <= 0.25 + 1e-4 and off.max() > 0.2
+    with pytest.raises(ValueError, match="crop_shift"):
+        TrainAugment(20, crop_shift=1.5)
+    with pytest.raises(ValueError, match="crop_shift"):
+        TrainConfig(crop_shift=-0.1)
+
+
 def test_augment_crop_takes_the_drawn_box():
     """A box of whole pixels resampled at its own size is exactly that window of the image."""
     aug = TrainAugment(16, crop_scale=[0.1, 1.0])

@@ -60,7 +60,7 @@ NOT_IN_KEY = frozenset(
 )
 # Options added to TrainConfig after runs were cached under their keys: at their default (the
 # dataclass's own) they stay out of the key, so adding an option does not orphan cached runs.
-KEY_OMITTED_AT_DEFAULT = frozenset({"rand_conv", "hue"})
+KEY_OMITTED_AT_DEFAULT = frozenset({"rand_conv", "hue", "crop_shift"})
 TRAIN_SET = "train"  # the evalset name of training rows in the table
 
 

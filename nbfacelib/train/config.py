@@ -52,6 +52,7 @@ class TrainConfig:
     # random resized crop to input_size (data.transforms.TrainAugment); None: off, as arcface_torch
     crop_scale: list[float] | None = None  # random crop: area fraction range, e.g. [0.7, 1.0]; None: off
     crop_ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])  # random crop: aspect ratio range
+    crop_shift: float = 1.0  # random crop: offset range about the centre, a fraction of the margin (1: any)
     color_jitter: float = 0.0  # brightness = contrast = saturation jitter strength (ColorJitter); 0: off
     hue: float = 0.0  # hue jitter: shift range of each image's hue, at most 0.5 (ColorJitter hue); 0: off
     rand_conv: float = 0.0  # probability per image of a random convolution (RandConv, Xu et al. 2021); 0: off
@@ -133,8 +134,8 @@ class TrainConfig:
             raise ValueError(f"config color_jitter={self.color_jitter}: must be >= 0")
         from nbfacelib.data.transforms import TrainAugment
 
-        try:  # the augmentation checks its own ranges (hue, rand_conv)
-            TrainAugment(self.input_size, hue=self.hue, rand_conv=self.rand_conv)
+        try:  # the augmentation checks its own ranges (hue, rand_conv, crop_shift)
+            TrainAugment(self.input_size, hue=self.hue, rand_conv=self.rand_conv, crop_shift=self.crop_shift)
         except ValueError as err:
             raise ValueError(f"config {err}") from None
         if self.average_from is not None and not 0.0 <= self.average_from < 1.0:

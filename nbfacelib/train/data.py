@@ -48,7 +48,13 @@ class TrainBatches:
         self.dataset = open_dataset(cfg.data, size=size)
         self.synthetic = hasattr(self.dataset, "render_batch")
         self.augment = transforms.TrainAugment(
-            cfg.input_size, cfg.crop_scale, cfg.crop_ratio, cfg.color_jitter, cfg.rand_conv, cfg.hue
+            cfg.input_size,
+            cfg.crop_scale,
+            cfg.crop_ratio,
+            cfg.color_jitter,
+            cfg.rand_conv,
+            cfg.hue,
+            crop_shift=cfg.crop_shift,
         )
         if self.synthetic:
             self.num_classes = int(self.dataset.num_identities)
