@@ -3,6 +3,7 @@ validation it picks), the crop / colour augmentation, and the ``cfp`` manifest's
 validation. The ``realdata`` tests need CFP / LFW under the data root."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -120,6 +121,11 @@ def test_crop_shift_keeps_boxes_near_the_centre_and_leaves_the_default_alone():
 
     plain, one, shifted, centred = draw(), draw(crop_shift=1.0), draw(crop_shift=0.25), draw(crop_shift=0.0)
     assert torch.equal(plain["boxes"], one["boxes"])
+    # at 1 the boxes are torchvision's uniform ones, bit for bit: x1 = (W - w) u from the first draws
+    u4 = torch.rand(500, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    area, ratio = 0.3 + 0.3 * u4[:, 0], torch.exp(math.log(0.9) + (math.log(1.1) - math.log(0.9)) * u4[:, 1])
+    side = torch.stack([40 * torch.sqrt(area * ratio), 40 * torch.sqrt(area / ratio)], 1)
+    assert torch.equal(plain["boxes"][:, :2], ((40 - side) * u4[:, 2:]).float())
     size = plain["boxes"][:, 2:] - plain["boxes"][:, :2]
     for p in (shifted, centred):  # the same sizes, drawn from the same numbers
         assert torch.allclose(p["boxes"][:, 2:] - p["boxes"][:, :2], size, atol=1e-4)

@@ -49,11 +49,11 @@ class TrainBatches:
         self.synthetic = hasattr(self.dataset, "render_batch")
         self.augment = transforms.TrainAugment(
             cfg.input_size,
-            cfg.crop_scale,
-            cfg.crop_ratio,
-            cfg.color_jitter,
-            cfg.rand_conv,
-            cfg.hue,
+            crop_scale=cfg.crop_scale,
+            crop_ratio=cfg.crop_ratio,
+            color_jitter=cfg.color_jitter,
+            rand_conv=cfg.rand_conv,
+            hue=cfg.hue,
             crop_shift=cfg.crop_shift,
         )
         if self.synthetic:
