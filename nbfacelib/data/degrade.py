@@ -15,6 +15,8 @@ batched, with per-image parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,23 @@ __all__ = [
 def _subset(mask: torch.Tensor) -> torch.Tensor | None:
     idx = mask.nonzero().flatten()
     return idx if idx.numel() else None
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the block's CPU ops on one thread, then restore the count. ATen splits an op among
+    threads at points that depend on the thread count, and an op whose vector and scalar loops
+    round differently (bilinear enlarging) then gives a pixel at a split another last bit: on
+    one thread every count renders the same bytes."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +162,8 @@ def downsample(images: torch.Tensor, factor: torch.Tensor, inplace: bool = False
         w = max(4, round(W * h / H))
         x = images.index_select(0, sel)
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+        with _one_cpu_thread(x.device):  # the same bytes at any thread count
+            x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
         out.index_copy_(0, sel, x)
     return out
 

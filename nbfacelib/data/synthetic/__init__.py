@@ -2,11 +2,10 @@
 
 The embedded default data set. Everything is a pure function of ``(seed, identity, sample)``
 through a counter-based integer hash, so any index renders on its own, in any batch, in any
-order, and nothing is stored: on one machine and thread count an image is the same bytes
-however it is batched (a test renders every style and mix in pieces of 1 to 112 images
-against one batch of 160). Across thread counts ATen's bilinear enlarging (the down-sampling
-nuisance) rounds a last bit differently, which moved 3 of 7.5 million values of 200 images
-by one grey level between 1 and 2 threads; across devices the kernels differ more. The
+order, and nothing is stored: on one machine an image is the same bytes however it is
+batched and at any thread count (tests render every style and mix in pieces of 1 to 112
+images against one batch of 160, and at 1, 2 and 3 threads; the down-sampling nuisance's
+bilinear enlarging runs on one thread for it). Across devices the kernels differ. The
 package, in the order data flows:
 
 - :mod:`.hashing`: uniforms from integer keys, identical on every device;
